@@ -1,0 +1,62 @@
+"""Multi-tensor helpers built on PyTorch's private APIs, each with a plain fallback.
+
+Every private ``torch`` call of the library lives here, so that a PyTorch
+release that moves one of them breaks one file, and the fallback keeps working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["clamp_", "data_ptrs", "data_ptrs_equal", "foreach_supported"]
+
+try:
+    from torch.utils._foreach_utils import _device_has_foreach_support
+except ImportError:  # pragma: no cover - depends on the PyTorch release
+
+    def _device_has_foreach_support(device: torch.device) -> bool:
+        return device.type == "cuda"
+
+
+_ptrs_equal = getattr(torch._C, "_tensors_data_ptrs_at_indices_equal", None)
+
+
+def foreach_supported(device: torch.device, foreach: bool | None) -> bool:
+    """Resolve a ``foreach`` flag: ``None`` means "where PyTorch has fast foreach kernels"."""
+    if foreach is None:
+        return bool(_device_has_foreach_support(device))
+    return foreach
+
+
+def clamp_(tensors: Sequence[Tensor], lo: float | None, hi: float | None, *, foreach: bool) -> None:
+    """Clamp every tensor in place to ``[lo, hi]`` (one device and dtype)."""
+    # nn.Parameter fails PyTorch's foreach support check and would silently take a
+    # slow per-tensor path: work on detached aliases instead.
+    detached = [t.detach() for t in tensors]
+    if foreach and detached:
+        if lo is not None:
+            torch._foreach_clamp_min_(detached, lo)
+        if hi is not None:
+            torch._foreach_clamp_max_(detached, hi)
+        return
+    for t in detached:
+        t.clamp_(lo, hi)
+
+
+def data_ptrs(tensors: Sequence[Tensor]) -> list[int]:
+    """Return each tensor's data pointer."""
+    return list(map(Tensor.data_ptr, tensors))
+
+
+def data_ptrs_equal(tensors: Sequence[Tensor], ptrs: list[int], indices: list[int]) -> bool:
+    """Whether every ``tensors[i].data_ptr() == ptrs[i]``.
+
+    ``indices`` is ``list(range(len(tensors)))``, kept by the caller; CUDA builds of
+    PyTorch check it in one C++ loop, other builds in a Python ``map``.
+    """
+    if _ptrs_equal is not None:
+        return bool(_ptrs_equal(list(tensors), ptrs, indices))
+    return data_ptrs(tensors) == ptrs

@@ -1,0 +1,46 @@
+"""Bounds rounded toward the inside of the feasible set in a tensor's dtype.
+
+A bound such as 0.05 has no exact float32 or bfloat16 value. Rounding to nearest
+can land just outside the requested range (float32(0.05) = 0.0500000007,
+bfloat16(0.05) = 0.05005), so a weight clamped to it would fail ``w <= 0.05`` in
+higher precision. Lower bounds are therefore rounded up and upper bounds down to
+the nearest value the dtype can hold; bounds the dtype represents exactly are
+unchanged, and infinite bounds stay infinite.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+__all__ = ["inward_scalar", "inward_tensor"]
+
+
+@functools.lru_cache(maxsize=1024)
+def inward_scalar(value: float, dtype: torch.dtype, *, lower: bool) -> float:
+    """Return the representable value of ``dtype`` nearest ``value`` on the feasible side.
+
+    Args:
+        value: the requested bound.
+        dtype: the floating-point dtype of the constrained tensor.
+        lower: ``True`` for a lower bound (round up), ``False`` for an upper bound.
+    """
+    rounded = inward_tensor(torch.tensor(value, dtype=torch.float64), dtype, lower=lower)
+    return float(rounded)
+
+
+def inward_tensor(bound: Tensor, dtype: torch.dtype, *, lower: bool) -> Tensor:
+    """Convert ``bound`` to ``dtype``, rounding each element toward the feasible side."""
+    if bound.dtype == dtype:
+        return bound
+    exact = bound.to(torch.float64)
+    rounded = exact.to(dtype)
+    if lower:
+        outside = rounded.to(torch.float64) < exact
+        toward = torch.full_like(rounded, float("inf"))
+    else:
+        outside = rounded.to(torch.float64) > exact
+        toward = torch.full_like(rounded, float("-inf"))
+    return torch.where(outside, torch.nextafter(rounded, toward), rounded)

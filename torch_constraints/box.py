@@ -1,0 +1,190 @@
+r"""Elementwise bounds: :class:`Box` and :class:`NonNeg`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import _kernels
+from ._rounding import inward_tensor
+from .base import Constraint
+from .functional import Bound, box_bounds, project_box, project_box_
+
+__all__ = ["Box", "NonNeg"]
+
+
+class Box(Constraint):
+    r"""Keep every element inside ``[min, max]``.
+
+    .. math::
+
+        C = \{x : \text{min} \le x \le \text{max}\}, \qquad
+        P_C(x) = \operatorname{clamp}(x, \text{min}, \text{max})
+
+    Bounds are numbers or tensors broadcastable to the constrained tensor (for
+    instance one bound per output channel, shape ``(out, 1)`` for a ``Linear``
+    weight); tensor bounds are buffers, so they follow ``module.to()`` and are saved
+    in the ``state_dict``. They are rounded to the tensor's dtype toward the inside.
+
+    Args:
+        min: lower bound, or ``None`` for none. ``-inf`` is allowed. Default: ``None``.
+        max: upper bound, or ``None`` for none. ``+inf`` is allowed. Default: ``None``.
+
+    Raises:
+        ValueError: if both bounds are ``None``, a bound is NaN, ``min`` is ``+inf``,
+            ``max`` is ``-inf``, or ``min > max`` anywhere.
+        TypeError: if a bound is not a real number or a real tensor.
+
+    Example:
+        >>> import torch
+        >>> from torch_constraints import Box
+        >>> Box(-1, 1).project(torch.tensor([-3.0, 0.25, 2.0]))
+        tensor([-1.0000,  0.2500,  1.0000])
+    """
+
+    identity_on_feasible = True
+    elementwise = True
+    min: Bound
+    max: Bound
+
+    def __init__(self, min: Bound = None, max: Bound = None) -> None:
+        super().__init__()
+        if min is None and max is None:
+            raise ValueError("Box needs at least one bound, got min=None and max=None")
+        _set_bound(self, "min", _validated(min, "min", forbidden=math.inf))
+        _set_bound(self, "max", _validated(max, "max", forbidden=-math.inf))
+        _check_ordered(self.min, self.max)
+
+    def project(self, x: Tensor) -> Tensor:
+        return project_box(x, self.min, self.max)
+
+    @torch.no_grad()
+    def project_(self, x: Tensor) -> Tensor:
+        return project_box_(x, self.min, self.max)
+
+    def project_many_(self, xs: Sequence[Tensor], *, foreach: bool | None = None) -> None:
+        if not xs:
+            return
+        if isinstance(self.min, Tensor) or isinstance(self.max, Tensor):
+            super().project_many_(xs)
+            return
+        lo, hi = box_bounds(xs[0], self.min, self.max)
+        assert not isinstance(lo, Tensor) and not isinstance(hi, Tensor)
+        _kernels.clamp_(xs, lo, hi, foreach=_kernels.foreach_supported(xs[0].device, foreach))
+
+    def check(self, x: Tensor, where: str) -> None:
+        super().check(x, where)
+        for name in ("min", "max"):
+            bound = getattr(self, name)
+            if not isinstance(bound, Tensor):
+                continue
+            try:
+                shape = torch.broadcast_shapes(bound.shape, x.shape)
+            except RuntimeError:
+                shape = None
+            if shape != x.shape:
+                raise ValueError(
+                    f"{where}: {name} of shape {tuple(bound.shape)} does not broadcast to "
+                    f"the tensor's shape {tuple(x.shape)}"
+                )
+            if bound.device != x.device:
+                raise ValueError(
+                    f"{where}: {name} is on {bound.device} but the tensor is on {x.device}; "
+                    f"move the bound with .to({str(x.device)!r}) first"
+                )
+
+    def bind(self, x: Tensor) -> None:
+        super().bind(x)
+        for name in ("min", "max"):
+            bound = getattr(self, name)
+            if isinstance(bound, Tensor):
+                setattr(self, name, inward_tensor(bound, x.dtype, lower=name == "min"))
+
+    def fusion_key(self) -> Hashable | None:
+        if isinstance(self.min, Tensor) or isinstance(self.max, Tensor):
+            return None
+        return ("box", self.min, self.max)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Box:
+        # module.to(dtype) rounds buffers to nearest; re-round tensor bounds inward.
+        before = {name: b for name, b in self._buffers.items() if b is not None}
+        super()._apply(fn, recurse)
+        for name, old in before.items():
+            new = self._buffers[name]
+            if new is not None and new.dtype != old.dtype:
+                converted = inward_tensor(old.to(new.device), new.dtype, lower=name == "min")
+                self._buffers[name] = converted
+        return self
+
+
+class NonNeg(Box):
+    r"""Keep every element nonnegative: :math:`P_C(x) = \max(x, 0)`.
+
+    Example:
+        >>> import torch
+        >>> from torch_constraints import NonNeg
+        >>> NonNeg().project(torch.tensor([-1.0, 2.0]))
+        tensor([0., 2.])
+    """
+
+    def __init__(self) -> None:
+        super().__init__(min=0.0)
+
+
+def _validated(value: Any, name: str, *, forbidden: float) -> Bound:
+    if value is None:
+        return None
+    if isinstance(value, Tensor):
+        if value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"{name} must be a real tensor, got dtype {value.dtype}")
+        value = value.detach().clone()
+        if not value.is_floating_point():
+            value = value.to(torch.float64)
+        nan = torch.isnan(value)
+        if nan.any():
+            raise ValueError(f"{name} must not contain NaN, got {int(nan.sum())} NaN element(s)")
+        if (value == forbidden).any():
+            raise ValueError(f"{name} must not contain {forbidden}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, a tensor or None, got {value!r}")
+    value = float(value)
+    if math.isnan(value):
+        raise ValueError(f"{name} must not be NaN, got {value}")
+    if value == forbidden:
+        raise ValueError(f"{name} must not be {forbidden}, got {value}")
+    return value
+
+
+def _set_bound(box: Box, name: str, value: Bound) -> None:
+    if isinstance(value, Tensor):
+        box.register_buffer(name, value)
+    else:
+        setattr(box, name, value)
+
+
+def _check_ordered(lo: Bound, hi: Bound) -> None:
+    if lo is None or hi is None:
+        return
+    if not isinstance(lo, Tensor) and not isinstance(hi, Tensor):
+        if lo > hi:
+            raise ValueError(f"min must be <= max, got min={lo}, max={hi}")
+        return
+    lo_t = torch.as_tensor(lo).detach().to("cpu", torch.float64)
+    hi_t = torch.as_tensor(hi).detach().to("cpu", torch.float64)
+    try:
+        bad = lo_t > hi_t
+    except RuntimeError:
+        raise ValueError(
+            f"min of shape {tuple(lo_t.shape)} and max of shape {tuple(hi_t.shape)} "
+            "do not broadcast together"
+        ) from None
+    if bad.any():
+        index = tuple(int(i) for i in bad.nonzero()[0])
+        lo_v = lo_t.expand_as(bad)[index].item()
+        hi_v = hi_t.expand_as(bad)[index].item()
+        raise ValueError(f"min must be <= max everywhere, got min={lo_v} > max={hi_v} at {index}")

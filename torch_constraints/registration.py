@@ -1,0 +1,436 @@
+"""Attach constraints to tensors, find them, and take them off again.
+
+Constraints are registered with :func:`torch.nn.utils.parametrize.register_parametrization`,
+so everything PyTorch knows about parametrizations holds: ``module.weight`` is
+recomputed on access, the raw tensor lives in
+``module.parametrizations.weight.original`` (the same Parameter object as
+before, so existing optimizers keep working), and
+:func:`torch.nn.utils.parametrize.remove_parametrizations` removes them.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrize import ParametrizationList
+
+from . import _packing, _tracking
+from .base import Constraint
+from .box import Box
+from .functional import Bound
+
+__all__ = ["constrain", "constrain_all", "named_constraints", "unconstrain"]
+
+M = TypeVar("M", bound=nn.Module)
+
+#: What ``include`` of :func:`constrain_all` accepts.
+Include = (
+    type[nn.Module]
+    | tuple[type[nn.Module], ...]
+    | str
+    | Collection[str]
+    | Callable[[str, nn.Module, str], bool]
+    | None
+)
+
+
+def constrain(
+    module: M,
+    name: str,
+    min: Bound | Constraint = None,
+    max: Bound = None,
+    *,
+    straight_through: bool = False,
+) -> M:
+    """Constrain the tensor ``module.<name>``, so the forward pass always sees it feasible.
+
+    ``constrain(layer, "weight", -1, 1)`` registers a :class:`~torch_constraints.Box`;
+    any other constraint is passed in place of ``min``:
+    ``constrain(layer, "weight", MaxNorm(3.0))``. The raw tensor is projected once
+    at registration, and assigning ``module.weight = W`` stores the projection of
+    ``W``. The Parameter object is kept, so an optimizer built earlier still updates it.
+
+    The constraint object is copied, so one object can configure many tensors;
+    :func:`named_constraints` returns the registered copies. A second constraint of
+    a different class on the same tensor stacks after the first (in the forward
+    pass and in :func:`~torch_constraints.hard_project`); one of the same class is
+    an error: :func:`unconstrain` first to replace it. On a tensor that already
+    carries another library's parametrization, the constraint applies to that
+    parametrization's output in the forward pass; ``hard_project`` leaves it alone.
+
+    Args:
+        module: the module owning the tensor (any module type).
+        name: a parameter or buffer name of ``module`` (``"weight"``), or a dotted
+            path from ``module`` (``"encoder.fc.weight"``).
+        min: lower bound (number or broadcastable tensor), or a
+            :class:`~torch_constraints.Constraint`. Default: ``None``.
+        max: upper bound (number or broadcastable tensor). Default: ``None``.
+        straight_through: keep the constrained value in the forward pass but let the
+            gradient through unchanged, so raw values outside the set are not
+            frozen at zero gradient. Default: ``False``.
+
+    Returns:
+        ``module``, for chaining.
+
+    Raises:
+        TypeError: for a non-floating-point tensor or arguments of the wrong type.
+        ValueError: for a missing tensor, invalid bounds, or a tensor already
+            constrained by a constraint of the same class. Nothing is changed.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from torch_constraints import constrain
+        >>> layer = constrain(nn.Linear(4, 2), "weight", -0.5, 0.5)
+        >>> bool(layer.weight.abs().max() <= 0.5)
+        True
+    """
+    owner, tensor_name = _resolve(module, name)
+    where = _describe(owner, tensor_name)
+    template = _as_constraint(min, max, where)
+    constraint = _prepare(template, owner, tensor_name, where, straight_through)
+    _register(owner, tensor_name, constraint)
+    return module
+
+
+def constrain_all(
+    module: M,
+    min: Bound | Constraint = None,
+    max: Bound = None,
+    *,
+    include: Include = None,
+    straight_through: bool = False,
+) -> list[str]:
+    """Constrain many parameters of a module tree at once; return their qualified names.
+
+    Without ``include``, every floating-point parameter in the tree is constrained
+    (a WGAN critic clips all of its parameters). ``include`` narrows the selection:
+
+    * module classes, ``(nn.Linear, nn.Conv2d)``: parameters owned by such modules;
+    * tensor names, ``{"weight"}``: parameters with that name (or that qualified name);
+    * a predicate ``(qualified_name, module, tensor_name) -> bool``.
+
+    Only floating-point parameters are considered. The call is atomic: every
+    target is checked before the first one is constrained, and when one is
+    invalid nothing is changed. Each tensor gets its own copy of the constraint.
+
+    Args:
+        module: the root of the module tree.
+        min: lower bound, or a :class:`~torch_constraints.Constraint`. Default: ``None``.
+        max: upper bound. Default: ``None``.
+        include: which parameters to constrain, as above. Default: all.
+        straight_through: as in :func:`constrain`. Default: ``False``.
+
+    Returns:
+        The qualified names of the constrained tensors, such as ``["0.weight", "0.bias"]``.
+
+    Raises:
+        TypeError: for an ``include`` of the wrong type.
+        ValueError: when nothing matches, or when any target is invalid.
+
+    Example:
+        >>> from torch import nn
+        >>> from torch_constraints import constrain_all
+        >>> critic = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 1))
+        >>> constrain_all(critic, -0.01, 0.01)
+        ['0.weight', '0.bias', '2.weight', '2.bias']
+        >>> constrain_all(nn.Sequential(nn.Linear(2, 2)), max=1.0, include={"weight"})
+        ['0.weight']
+    """
+    template = _as_constraint(min, max, type(module).__name__)
+    select = _selector(include)
+    prepared: list[tuple[str, nn.Module, str, Constraint]] = []
+    for qualname, owner, tensor_name in _parameter_slots(module):
+        if not select(qualname, owner, tensor_name):
+            continue
+        where = f"{qualname} ({_type_name(owner)})"
+        constraint = _prepare(template, owner, tensor_name, where, straight_through)
+        prepared.append((qualname, owner, tensor_name, constraint))
+    if not prepared:
+        raise ValueError(
+            f"constrain_all: no floating-point parameter of {_type_name(module)} matches "
+            f"include={include!r}"
+        )
+    for _, owner, tensor_name, constraint in prepared:
+        _register(owner, tensor_name, constraint)
+    return [qualname for qualname, *_ in prepared]
+
+
+def unconstrain(module: M, name: str | None = None, *, leave_constrained: bool = True) -> M:
+    """Remove this library's constraints from one tensor, or from the whole tree.
+
+    Other parametrizations on the same tensors stay in place. The Parameter object
+    is kept in every case.
+
+    Args:
+        module: the module owning the tensor, or the root of the tree.
+        name: the tensor (a name or dotted path), or ``None`` for every constrained
+            tensor in the tree. Default: ``None``.
+        leave_constrained: keep the values the forward pass saw (``True``), or the
+            raw stored values (``False``), as ``leave_parametrized`` does in
+            :func:`torch.nn.utils.parametrize.remove_parametrizations`. Default: ``True``.
+
+    Returns:
+        ``module``.
+
+    Raises:
+        ValueError: if ``name`` is not constrained by this library, or if
+            ``leave_constrained=True`` needs another parametrization's
+            ``right_inverse`` and it has none. Nothing is changed.
+
+    Example:
+        >>> from torch import nn
+        >>> from torch_constraints import constrain, unconstrain
+        >>> layer = constrain(nn.Linear(2, 2), "weight", -0.1, 0.1)
+        >>> type(unconstrain(layer, "weight")).__name__
+        'Linear'
+    """
+    if name is None:
+        for slot in list(constrained_slots(module)):
+            _remove(slot.module, slot.tensor_name, leave_constrained)
+        return module
+    owner, tensor_name = _resolve(module, name)
+    if not our_constraints(owner, tensor_name):
+        raise ValueError(f"{_describe(owner, tensor_name)} is not constrained by torch_constraints")
+    _remove(owner, tensor_name, leave_constrained)
+    return module
+
+
+def named_constraints(module: nn.Module) -> Iterator[tuple[str, Constraint]]:
+    """Yield ``(qualified_tensor_name, constraint)`` for every constraint in the tree.
+
+    Stacked constraints on one tensor come in registration order.
+
+    Example:
+        >>> from torch import nn
+        >>> from torch_constraints import constrain_all, named_constraints
+        >>> model = nn.Sequential(nn.Linear(2, 2))
+        >>> _ = constrain_all(model, 0, 1, include={"weight"})
+        >>> list(named_constraints(model))
+        [('0.weight', Box(min=0.0, max=1.0))]
+    """
+    for slot in constrained_slots(module):
+        for constraint in our_constraints(slot.module, slot.tensor_name):
+            yield slot.qualname, constraint
+
+
+# ---------------------------------------------------------------------- the tree
+@dataclass(frozen=True)
+class Slot:
+    """A parametrized tensor that carries at least one of this library's constraints."""
+
+    qualname: str
+    module: nn.Module
+    tensor_name: str
+
+    @property
+    def chain(self) -> ParametrizationList:
+        plist: ParametrizationList = self.module.parametrizations[self.tensor_name]
+        return plist
+
+    def leading_constraints(self) -> list[Constraint]:
+        """Our constraints applied directly to the raw tensor, in order (what hard_project uses)."""
+        chain = self.chain
+        leading: list[Constraint] = []
+        if not chain.is_tensor:
+            return leading
+        for entry in chain:
+            if not isinstance(entry, Constraint):
+                break
+            leading.append(entry)
+        return leading
+
+
+def constrained_slots(module: nn.Module) -> Iterator[Slot]:
+    """Yield every tensor in the tree that carries one of this library's constraints."""
+    for prefix, owner in _named_modules(module):
+        if not parametrize.is_parametrized(owner):
+            continue
+        for tensor_name, chain in owner.parametrizations.items():
+            if any(isinstance(entry, Constraint) for entry in chain):
+                yield Slot(_join(prefix, tensor_name), owner, tensor_name)
+
+
+def our_constraints(module: nn.Module, tensor_name: str) -> list[Constraint]:
+    """This library's constraints on ``module.<tensor_name>``, in registration order."""
+    if not parametrize.is_parametrized(module, tensor_name):
+        return []
+    return [entry for entry in module.parametrizations[tensor_name] if isinstance(entry, Constraint)]
+
+
+def _named_modules(module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    # Parametrization internals (the lists holding `original`, the constraints
+    # themselves) are not part of the user's model.
+    for prefix, owner in module.named_modules():
+        if not isinstance(owner, (ParametrizationList, Constraint)):
+            yield prefix, owner
+
+
+def _parameter_slots(module: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:
+    """Yield ``(qualified_name, owner, tensor_name)`` for floating-point parameters."""
+    for prefix, owner in _named_modules(module):
+        names = [n for n, p in owner._parameters.items() if p is not None]
+        if parametrize.is_parametrized(owner):
+            for tensor_name, chain in owner.parametrizations.items():
+                if chain.is_tensor and isinstance(chain.original, nn.Parameter):
+                    names.append(tensor_name)
+        for tensor_name in names:
+            if _raw_tensor(owner, tensor_name).is_floating_point():
+                yield _join(prefix, tensor_name), owner, tensor_name
+
+
+# ---------------------------------------------------------------------- registering
+def _as_constraint(min: Bound | Constraint, max: Bound, where: str) -> Constraint:
+    if isinstance(min, Constraint):
+        if max is not None:
+            raise TypeError(f"{where}: pass either a constraint or bounds, got {min!r} and max={max!r}")
+        return min
+    try:
+        return Box(min, max)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"{where}: {error}") from None
+
+
+def _prepare(
+    template: Constraint, module: nn.Module, tensor_name: str, where: str, straight_through: bool
+) -> Constraint:
+    """Check ``template`` against the tensor and return a bound copy; changes nothing."""
+    if not isinstance(template, Constraint):
+        raise TypeError(f"{where}: expected a Constraint, got {type(template).__name__}")
+    for existing in our_constraints(module, tensor_name):
+        if type(existing) is type(template):
+            raise ValueError(
+                f"{where} is already constrained by {existing!r}; call "
+                f"unconstrain(module, {tensor_name!r}) first to replace it"
+            )
+    raw = _raw_tensor(module, tensor_name)
+    template.check(raw, where)
+    constraint = copy.deepcopy(template)
+    constraint.straight_through = straight_through
+    constraint.bind(raw)
+    return constraint
+
+
+def _register(module: nn.Module, tensor_name: str, constraint: Constraint) -> None:
+    stacked = parametrize.is_parametrized(module, tensor_name)
+    parametrize.register_parametrization(module, tensor_name, constraint)
+    # Registration runs the forward once as a consistency check; that is not a use.
+    constraint._skip.used_in_forward = False
+    if stacked:
+        # The first registration projected the raw value through right_inverse;
+        # a stacked one must bring it into the new set too.
+        slot = Slot("", module, tensor_name)
+        with torch.no_grad():
+            for entry in slot.leading_constraints():
+                entry.project_(slot.chain.original)
+    _tracking.layout_changed()
+
+
+def _remove(module: nn.Module, tensor_name: str, leave_constrained: bool) -> None:
+    chain: ParametrizationList = module.parametrizations[tensor_name]
+    positions = [i for i, entry in enumerate(chain) if isinstance(entry, Constraint)]
+    if len(positions) == len(chain):
+        parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=leave_constrained)
+        _packing.release(getattr(module, tensor_name))
+        _tracking.layout_changed()
+        return
+    leading = positions == list(range(len(positions)))
+    removed = [(i, chain[i]) for i in positions]
+    value = None
+    if leave_constrained and not leading:
+        with torch.no_grad():
+            value = getattr(module, tensor_name)
+    if leave_constrained and leading:
+        # Keep the forward value by writing it into the raw tensor.
+        with torch.no_grad():
+            original = chain.original
+            for _, entry in removed:
+                original.copy_(entry.project(original))
+    for i, _ in reversed(removed):
+        del chain[i]
+    if value is not None:
+        try:
+            setattr(module, tensor_name, value)
+        except (NotImplementedError, RuntimeError) as error:
+            for i, entry in removed:
+                chain.insert(i, entry)
+            raise ValueError(
+                f"{_describe(module, tensor_name)}: cannot keep the constrained values, because "
+                f"a remaining parametrization has no right_inverse ({error}); "
+                "pass leave_constrained=False"
+            ) from None
+    _tracking.layout_changed()
+
+
+# ---------------------------------------------------------------------- helpers
+def _resolve(module: nn.Module, name: str) -> tuple[nn.Module, str]:
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"expected an nn.Module, got {type(module).__name__}")
+    if not isinstance(name, str):
+        raise TypeError(f"expected a tensor name (str), got {name!r}")
+    prefix, _, tensor_name = name.rpartition(".")
+    try:
+        owner = module.get_submodule(prefix) if prefix else module
+    except AttributeError:
+        raise ValueError(f"{_type_name(module)} has no submodule {prefix!r} (from {name!r})") from None
+    _raw_tensor(owner, tensor_name, _describe(owner, tensor_name))
+    return owner, tensor_name
+
+
+def _raw_tensor(module: nn.Module, tensor_name: str, where: str | None = None) -> Tensor:
+    """The raw stored tensor behind ``module.<tensor_name>``."""
+    if parametrize.is_parametrized(module, tensor_name):
+        chain = module.parametrizations[tensor_name]
+        raw: Tensor = chain.original if chain.is_tensor else getattr(module, tensor_name).detach()
+        return raw
+    for table in (module._parameters, module._buffers):
+        tensor = table.get(tensor_name)
+        if tensor is not None:
+            return tensor
+    available = [n for n, _ in module.named_parameters(recurse=False)]
+    available += [n for n, _ in module.named_buffers(recurse=False)]
+    available += list(module.parametrizations) if parametrize.is_parametrized(module) else []
+    raise ValueError(
+        f"{where or _describe(module, tensor_name)}: {_type_name(module)} has no parameter or "
+        f"buffer named {tensor_name!r}; it has: {', '.join(available) or 'none'}"
+    )
+
+
+def _selector(include: Include) -> Callable[[str, nn.Module, str], bool]:
+    if include is None:
+        return lambda qualname, module, tensor_name: True
+    if isinstance(include, type) and issubclass(include, nn.Module):
+        include = (include,)
+    if isinstance(include, tuple) and include and all(isinstance(c, type) for c in include):
+        classes = include
+        return lambda qualname, module, tensor_name: isinstance(module, classes)
+    if isinstance(include, str):
+        include = {include}
+    if isinstance(include, Collection) and all(isinstance(n, str) for n in include):
+        names = set(include)
+        return lambda qualname, module, tensor_name: tensor_name in names or qualname in names
+    if callable(include):
+        predicate = include
+        return lambda qualname, module, tensor_name: bool(predicate(qualname, module, tensor_name))
+    raise TypeError(
+        "include must be module classes, tensor names, or a predicate "
+        f"(qualified_name, module, tensor_name) -> bool; got {include!r}"
+    )
+
+
+def _describe(module: nn.Module, tensor_name: str) -> str:
+    return f"{_type_name(module)}.{tensor_name}"
+
+
+def _type_name(module: nn.Module) -> str:
+    return parametrize.type_before_parametrizations(module).__name__
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
