@@ -38,11 +38,16 @@ _live: weakref.WeakValueDictionary[int, Pack] = weakref.WeakValueDictionary()
 
 @dataclass
 class Member:
-    """A tensor to pack, the constraints applied to it, and the key of its run."""
+    """A tensor to pack, the constraints applied to it, and the key of its run.
+
+    Members with equal ``run_key`` are projected together: as one 1-D segment when
+    ``flat`` (elementwise constraints), else as one stacked tensor (same shapes).
+    """
 
     tensor: Tensor
     constraints: tuple[Constraint, ...]
     run_key: Hashable
+    flat: bool
 
 
 @dataclass
@@ -118,13 +123,15 @@ def release(tensor: Tensor) -> None:
 
 def _run(buffer: Tensor, members: list[Member], start: int, end: int) -> Run:
     """The view through which ``members``, packed in ``buffer[start:end]``, are projected."""
-    constraints = members[0].constraints
-    if all(c.elementwise for c in constraints):
-        return Run(constraints, buffer[start:end])
-    shape, stride = members[0].tensor.shape, members[0].tensor.stride()
-    slot = _slot_elems(members[0].tensor)
+    first = members[0]
+    if first.flat:
+        return Run(first.constraints, buffer[start:end])
+    shape, stride = first.tensor.shape, first.tensor.stride()
+    if len(members) == 1:
+        return Run(first.constraints, buffer.as_strided(shape, stride, start))
+    slot = _slot_elems(first.tensor)
     view = buffer.as_strided((len(members), *shape), (slot, *stride), start)
-    return Run(constraints, view)
+    return Run(first.constraints, view)
 
 
 def _chunks(members: list[Member], max_bytes: int) -> list[list[Member]]:

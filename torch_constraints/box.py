@@ -144,6 +144,8 @@ def _validated(value: Any, name: str, *, forbidden: float) -> Bound:
         value = value.detach().clone()
         if not value.is_floating_point():
             value = value.to(torch.float64)
+        if value.device.type == "meta":
+            return value  # no values to check
         nan = torch.isnan(value)
         if nan.any():
             raise ValueError(f"{name} must not contain NaN, got {int(nan.sum())} NaN element(s)")
@@ -168,7 +170,9 @@ def _set_bound(box: Box, name: str, value: Bound) -> None:
 
 
 def _check_ordered(lo: Bound, hi: Bound) -> None:
-    if lo is None or hi is None:
+    if lo is None or hi is None or any(
+        isinstance(b, Tensor) and b.device.type == "meta" for b in (lo, hi)
+    ):
         return
     if not isinstance(lo, Tensor) and not isinstance(hi, Tensor):
         if lo > hi:

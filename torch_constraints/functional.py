@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
 
 from . import _autograd
@@ -72,7 +73,13 @@ def box_bounds(x: Tensor, min: Bound = None, max: Bound = None) -> tuple[Bound, 
         >>> box_bounds(torch.zeros(2), -0.05, float("inf"))
         (-0.04999999701976776, None)
     """
-    return _inward(min, x, lower=True), _inward(max, x, lower=False)
+    lo, hi = _inward(min, x, lower=True), _inward(max, x, lower=False)
+    # torch.clamp takes two numbers or two tensors, not one of each.
+    if isinstance(lo, Tensor) and isinstance(hi, float):
+        hi = torch.full((), hi, dtype=x.dtype, device=x.device)
+    elif isinstance(hi, Tensor) and isinstance(lo, float):
+        lo = torch.full((), lo, dtype=x.dtype, device=x.device)
+    return lo, hi
 
 
 def _inward(bound: Bound, x: Tensor, *, lower: bool) -> Bound:

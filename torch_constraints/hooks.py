@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .projection import hard_project
-from .registration import constrained_slots
+from .registration import constrained_slots, type_name
 
 __all__ = ["project_after_step"]
 
@@ -48,12 +48,13 @@ def project_after_step(optimizer: torch.optim.Optimizer, module: nn.Module) -> R
         >>> handle.remove()
     """
     if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        kind = type_name(optimizer) if isinstance(optimizer, nn.Module) else type(optimizer).__name__
+        raise TypeError(f"expected a torch.optim.Optimizer, got {kind}")
     if not isinstance(module, nn.Module):
         raise TypeError(f"expected an nn.Module, got {type(module).__name__}")
     if next(constrained_slots(module), None) is None:
         raise ValueError(
-            f"{type(module).__name__} has no tensor constrained by torch_constraints; "
+            f"{type_name(module)} has no tensor constrained by torch_constraints; "
             "call constrain() or constrain_all() first"
         )
 

@@ -187,7 +187,9 @@ def _pack(module: nn.Module, targets: list[_Target]) -> list[_packing.Pack]:
             continue
         if storage_users.get(tensor.untyped_storage().data_ptr()) != 1:
             continue  # tied to another tensor: packing would untie them
-        member = _packing.Member(tensor, target.constraints, _run_key(target, index))
+        key = target.chain_key()
+        flat = key is not None and all(c.elementwise for c in target.constraints)
+        member = _packing.Member(tensor, target.constraints, _run_key(target, index), flat)
         by_group.setdefault((tensor.device, tensor.dtype), []).append(member)
     return [_packing.Pack(members) for members in by_group.values()]
 

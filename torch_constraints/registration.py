@@ -149,12 +149,12 @@ def constrain_all(
     for qualname, owner, tensor_name in _parameter_slots(module):
         if not select(qualname, owner, tensor_name):
             continue
-        where = f"{qualname} ({_type_name(owner)})"
+        where = f"{qualname} ({type_name(owner)})"
         constraint = _prepare(template, owner, tensor_name, where, straight_through)
         prepared.append((qualname, owner, tensor_name, constraint))
     if not prepared:
         raise ValueError(
-            f"constrain_all: no floating-point parameter of {_type_name(module)} matches "
+            f"constrain_all: no floating-point parameter of {type_name(module)} matches "
             f"include={include!r}"
         )
     for _, owner, tensor_name, constraint in prepared:
@@ -278,7 +278,7 @@ def _parameter_slots(module: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:
         names = [n for n, p in owner._parameters.items() if p is not None]
         if parametrize.is_parametrized(owner):
             for tensor_name, chain in owner.parametrizations.items():
-                if chain.is_tensor and isinstance(chain.original, nn.Parameter):
+                if any(isinstance(t, nn.Parameter) for t in chain.parameters(recurse=False)):
                     names.append(tensor_name)
         for tensor_name in names:
             if _raw_tensor(owner, tensor_name).is_floating_point():
@@ -378,7 +378,7 @@ def _resolve(module: nn.Module, name: str) -> tuple[nn.Module, str]:
     try:
         owner = module.get_submodule(prefix) if prefix else module
     except AttributeError:
-        raise ValueError(f"{_type_name(module)} has no submodule {prefix!r} (from {name!r})") from None
+        raise ValueError(f"{type_name(module)} has no submodule {prefix!r} (from {name!r})") from None
     _raw_tensor(owner, tensor_name, _describe(owner, tensor_name))
     return owner, tensor_name
 
@@ -397,7 +397,7 @@ def _raw_tensor(module: nn.Module, tensor_name: str, where: str | None = None) -
     available += [n for n, _ in module.named_buffers(recurse=False)]
     available += list(module.parametrizations) if parametrize.is_parametrized(module) else []
     raise ValueError(
-        f"{where or _describe(module, tensor_name)}: {_type_name(module)} has no parameter or "
+        f"{where or _describe(module, tensor_name)}: {type_name(module)} has no parameter or "
         f"buffer named {tensor_name!r}; it has: {', '.join(available) or 'none'}"
     )
 
@@ -425,10 +425,10 @@ def _selector(include: Include) -> Callable[[str, nn.Module, str], bool]:
 
 
 def _describe(module: nn.Module, tensor_name: str) -> str:
-    return f"{_type_name(module)}.{tensor_name}"
+    return f"{type_name(module)}.{tensor_name}"
 
 
-def _type_name(module: nn.Module) -> str:
+def type_name(module: nn.Module) -> str:
     return parametrize.type_before_parametrizations(module).__name__
 
 

@@ -1,0 +1,107 @@
+"""Box and NonNeg: validation, projection, config, dtype handling."""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from torch_constraints import Box, NonNeg, constrain
+
+
+def test_projection_reference_values() -> None:
+    x = torch.tensor([-3.0, -1.0, 0.25, 1.0, 2.0])
+    assert Box(-1, 1).project(x).tolist() == [-1.0, -1.0, 0.25, 1.0, 1.0]
+    assert Box(min=0).project(x).tolist() == [0.0, 0.0, 0.25, 1.0, 2.0]
+    assert Box(max=0.5).project(x).tolist() == [-3.0, -1.0, 0.25, 0.5, 0.5]
+    assert NonNeg().project(x).tolist() == [0.0, 0.0, 0.25, 1.0, 2.0]
+
+
+def test_infinite_bounds_are_one_sided() -> None:
+    x = torch.tensor([-5.0, 5.0])
+    assert Box(-math.inf, 1.0).project(x).tolist() == [-5.0, 1.0]
+    assert Box(-math.inf, math.inf).project(x).tolist() == [-5.0, 5.0]
+
+
+def test_project_in_place_writes_into_the_tensor() -> None:
+    x = torch.tensor([-3.0, 0.5, 3.0])
+    out = Box(-1, 1).project_(x)
+    assert out is x and x.tolist() == [-1.0, 0.5, 1.0]
+
+
+def test_tensor_bounds_per_output_channel() -> None:
+    hi = torch.tensor([[0.1], [1.0]])
+    x = torch.full((2, 3), 5.0)
+    # A float32 tensor bound is taken as it is: its values are the requested range.
+    assert torch.equal(Box(-hi, hi).project(x), hi.expand(2, 3))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "at least one bound"),
+        ({"min": 2.0, "max": 1.0}, "min must be <= max, got min=2.0, max=1.0"),
+        ({"min": float("nan")}, "min must not be NaN"),
+        ({"max": float("nan")}, "max must not be NaN"),
+        ({"min": math.inf}, "min must not be inf"),
+        ({"max": -math.inf}, "max must not be -inf"),
+        ({"min": torch.tensor([0.0, 3.0]), "max": 1.0}, "min=3.0 > max=1.0 at (1,)"),
+        ({"min": torch.tensor([0.0, float("nan")])}, "1 NaN element"),
+        ({"min": torch.zeros(2), "max": torch.ones(3)}, "do not broadcast together"),
+    ],
+)
+def test_invalid_bounds_raise_value_error(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Box(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", ["1", True, 1j, torch.tensor([True]), torch.tensor([1j])])
+def test_bounds_of_the_wrong_type_raise_type_error(bad: object) -> None:
+    with pytest.raises(TypeError, match="min must be"):
+        Box(min=bad)  # type: ignore[arg-type]
+
+
+def test_config_round_trip_and_repr() -> None:
+    box = Box(-0.5, 2)
+    assert box.get_config() == {"min": -0.5, "max": 2.0}
+    assert repr(Box.from_config(box.get_config())) == repr(box) == "Box(min=-0.5, max=2.0)"
+    assert NonNeg().get_config() == {}
+    assert repr(NonNeg()) == "NonNeg()"
+
+
+def test_config_round_trip_with_tensor_bounds() -> None:
+    box = Box(max=torch.tensor([[0.5], [1.0]]))
+    clone = Box.from_config(box.get_config())
+    assert isinstance(clone.max, torch.Tensor) and torch.equal(clone.max, box.max)
+    assert "tensor(shape=(2, 1))" in repr(box)
+
+
+def test_constraints_pickle_on_their_own() -> None:
+    for c in (Box(-1, 2), NonNeg(), Box(max=torch.tensor([1.0, 2.0]))):
+        restored = pickle.loads(pickle.dumps(c))
+        assert type(restored) is type(c) and repr(restored) == repr(c)
+
+
+def test_projected_values_never_leave_the_requested_range(dtype: torch.dtype) -> None:
+    x = torch.linspace(-1, 1, 4001, dtype=dtype)
+    y = Box(-0.05, 0.05).project(x)
+    assert y.dtype == dtype
+    assert (y.double() <= 0.05).all() and (y.double() >= -0.05).all()
+    # and nothing is lost: values inside stay as they are
+    inside = (x.double() > -0.049) & (x.double() < 0.049)
+    assert torch.equal(y[inside], x[inside])
+
+
+def test_tensor_bounds_follow_module_to_with_inward_rounding() -> None:
+    layer = constrain(nn.Linear(3, 2), "weight", -0.05, torch.tensor([[0.05], [0.3]]))
+    box = layer.parametrizations.weight[0]
+    assert box.max.dtype == torch.float32
+    layer.to(torch.bfloat16)
+    assert box.max.dtype == torch.bfloat16
+    assert (box.max.double() <= torch.tensor([[0.05], [0.3]], dtype=torch.float64)).all()
+    assert (layer.weight.double() <= 0.3).all()
+    layer.to(torch.float64)
+    assert box.max.dtype == torch.float64 and layer.weight.dtype == torch.float64
