@@ -78,6 +78,17 @@ class Box(Constraint):
 
     def check(self, x: Tensor, where: str) -> None:
         super().check(x, where)
+        self._check_shapes(x, where)
+        if x.device.type == "meta":
+            return  # no values to compare
+        lo, hi = box_bounds(torch.empty((), dtype=x.dtype, device=x.device), self.min, self.max)
+        if lo is not None and hi is not None and bool(torch.as_tensor(lo > hi).any()):
+            raise ValueError(
+                f"{where}: no {x.dtype} value lies in [min, max] (the range is narrower than "
+                f"the dtype's spacing), got min={_short(self.min)}, max={_short(self.max)}"
+            )
+
+    def _check_shapes(self, x: Tensor, where: str) -> None:
         for name in ("min", "max"):
             bound = getattr(self, name)
             if not isinstance(bound, Tensor):
@@ -160,6 +171,10 @@ def _validated(value: Any, name: str, *, forbidden: float) -> Bound:
     if value == forbidden:
         raise ValueError(f"{name} must not be {forbidden}, got {value}")
     return value
+
+
+def _short(bound: Bound) -> str:
+    return f"tensor of shape {tuple(bound.shape)}" if isinstance(bound, Tensor) else str(bound)
 
 
 def _set_bound(box: Box, name: str, value: Bound) -> None:
