@@ -67,7 +67,9 @@ def test_the_default_config_reads_constructor_arguments() -> None:
 
 
 def test_a_constructor_that_hides_its_arguments_gets_a_clear_message() -> None:
-    with pytest.raises(NotImplementedError, match="store the constructor argument 'limit' as self.limit"):
+    with pytest.raises(
+        NotImplementedError, match=r"store the constructor argument 'limit' as self\.limit"
+    ):
         Forgetful(1.0).get_config()
 
 

@@ -111,7 +111,9 @@ def test_a_range_holding_no_value_of_the_dtype_is_refused_at_registration() -> N
     module = nn.Module()
     module.register_parameter("w", nn.Parameter(torch.zeros(2, dtype=torch.bfloat16)))
     # 1.62890625 lies strictly between the bfloat16 values 1.625 and 1.6328125.
-    with pytest.raises(ValueError, match=r"Module\.w: no torch\.bfloat16 value lies in \[min, max\]"):
+    with pytest.raises(
+        ValueError, match=r"Module\.w: no torch\.bfloat16 value lies in \[min, max\]"
+    ):
         constrain(module, "w", 1.62890625, 1.62890625)
     constrain(module, "w", 1.62890625, 1.64)  # 1.6328125 is a bfloat16 value inside
     assert module.w.tolist() == [1.6328125, 1.6328125]

@@ -14,7 +14,14 @@ import pytest
 import torch
 from torch import nn
 
-from torch_constraints import Box, NonNeg, constrain, constrain_all, hard_project, project_after_step
+from torch_constraints import (
+    Box,
+    NonNeg,
+    constrain,
+    constrain_all,
+    hard_project,
+    project_after_step,
+)
 
 
 def model_outside_the_box() -> nn.Sequential:
@@ -54,7 +61,7 @@ def test_gradients_are_the_same_with_and_without_the_skip() -> None:
     x = torch.randn(16, 4)
     for m in (model, twin):
         m(x).square().sum().backward()
-    for p, q in zip(model.parameters(), twin.parameters()):
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
         assert p.grad is not None and q.grad is not None and torch.equal(p.grad, q.grad)
 
 
@@ -125,7 +132,9 @@ def test_functional_call_with_other_tensors_projects_them() -> None:
     hard_project(model)
     weights = {"0.parametrizations.weight.original": torch.full((8, 4), 3.0)}
     out = torch.func.functional_call(model, weights, (torch.ones(1, 4),))
-    expected = torch.tanh(torch.ones(1, 4) @ torch.full((4, 8), 0.1) + model[0].bias) @ model[2].weight.T
+    expected = (
+        torch.tanh(torch.ones(1, 4) @ torch.full((4, 8), 0.1) + model[0].bias) @ model[2].weight.T
+    )
     assert torch.allclose(out, expected + model[2].bias)
 
 
@@ -135,3 +144,50 @@ def test_stacked_and_non_box_constraints_never_skip() -> None:
     layer(torch.ones(1, 4))
     hard_project(layer)
     assert layer.weight._base is None
+
+
+def _torch_optimizers() -> list[type[torch.optim.Optimizer]]:
+    classes = []
+    for name in dir(torch.optim):
+        cls = getattr(torch.optim, name)
+        if (
+            isinstance(cls, type)
+            and issubclass(cls, torch.optim.Optimizer)
+            and cls is not torch.optim.Optimizer
+        ):
+            classes.append(cls)
+    return classes
+
+
+@pytest.mark.parametrize("cls", _torch_optimizers(), ids=lambda c: c.__name__)
+@pytest.mark.parametrize("foreach", [False, True])
+def test_uncounted_pytorch_optimizers_move_version_counters(
+    cls: type[torch.optim.Optimizer], foreach: bool
+) -> None:
+    """The skip relies on this: a step that is not counted must move the versions."""
+    from torch_constraints._tracking import may_write_silently
+
+    if cls in (torch.optim.SparseAdam, torch.optim.LBFGS):
+        pytest.skip("needs sparse gradients or a closure")
+    param = nn.Parameter(torch.randn(4, 4))
+    param.grad = torch.randn(4, 4)
+    try:
+        optimizer = cls([param], lr=0.1, foreach=foreach)
+    except TypeError:
+        optimizer = cls([param], lr=0.1)
+    version = param._version
+    optimizer.step()
+    assert may_write_silently(optimizer) or param._version > version
+
+
+def test_fused_and_foreign_optimizers_are_counted() -> None:
+    from torch_constraints._tracking import may_write_silently
+
+    param = nn.Parameter(torch.randn(2))
+    assert may_write_silently(torch.optim.Adam([param], fused=True))
+    assert not may_write_silently(torch.optim.Adam([param]))
+
+    class Custom(torch.optim.SGD):
+        pass
+
+    assert may_write_silently(Custom([param], lr=0.1))

@@ -91,7 +91,10 @@ class Zoo(nn.Module):
 
 def test_zoo_covers_the_cases() -> None:
     zoo = Zoo()
-    transposed, strided = zoo.parametrizations.transposed.original, zoo.parametrizations.strided.original
+    transposed, strided = (
+        zoo.parametrizations.transposed.original,
+        zoo.parametrizations.strided.original,
+    )
     assert not transposed.is_contiguous() and transposed.stride() == (1, 5)
     assert not strided.is_contiguous() and strided.untyped_storage().nbytes() > strided.nbytes
     assert raw(zoo.conv).is_contiguous(memory_format=torch.channels_last)
@@ -289,14 +292,20 @@ shapes = st.lists(st.integers(0, 5), min_size=0, max_size=3).map(tuple)
 
 @given(
     tensor_shapes=st.lists(shapes, min_size=1, max_size=6),
-    bounds=st.lists(st.sampled_from([(-1.0, 1.0), (0.0, None), (None, 0.25), (-0.05, 0.05)]), min_size=6, max_size=6),
+    bounds=st.lists(
+        st.sampled_from([(-1.0, 1.0), (0.0, None), (None, 0.25), (-0.05, 0.05)]),
+        min_size=6,
+        max_size=6,
+    ),
     dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]),
 )
 def test_packed_path_equals_the_loop_on_random_models(
-    tensor_shapes: list[tuple[int, ...]], bounds: list[tuple[float | None, float | None]], dtype: torch.dtype
+    tensor_shapes: list[tuple[int, ...]],
+    bounds: list[tuple[float | None, float | None]],
+    dtype: torch.dtype,
 ) -> None:
     model = nn.Module()
-    for i, (shape, (lo, hi)) in enumerate(zip(tensor_shapes, bounds)):
+    for i, (shape, (lo, hi)) in enumerate(zip(tensor_shapes, bounds, strict=False)):
         model.register_parameter(f"p{i}", nn.Parameter(torch.zeros(shape, dtype=dtype)))
         constrain(model, f"p{i}", lo, hi)
     twin = copy.deepcopy(model)
@@ -305,7 +314,7 @@ def test_packed_path_equals_the_loop_on_random_models(
         scramble(twin)
         hard_project(model)
         hard_project(twin, pack=False, foreach=False)
-        for (name, got), (_, want) in zip(raws(model).items(), raws(twin).items()):
+        for (name, got), (_, want) in zip(raws(model).items(), raws(twin).items(), strict=True):
             assert torch.equal(got, want), name
 
 

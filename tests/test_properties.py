@@ -24,7 +24,9 @@ def bounds(draw: st.DrawFn, shape: tuple[int, ...]) -> tuple[object, object]:
         return None, hi
     if kind == "per-channel":
         channel = (shape[0],) + (1,) * (len(shape) - 1)
-        width = torch.rand(channel, generator=torch.Generator().manual_seed(draw(st.integers(0, 99))))
+        width = torch.rand(
+            channel, generator=torch.Generator().manual_seed(draw(st.integers(0, 99)))
+        )
         return lo - width.double(), hi + width.double()
     return lo, hi
 
@@ -84,8 +86,15 @@ def test_forward_is_feasible_idempotent_and_keeps_inside_points(
     assert torch.equal(raw.detach(), value.detach()), "hard_project is not idempotent"
 
 
-@given(x=st.lists(numbers, min_size=2, max_size=2), y=st.lists(numbers, min_size=2, max_size=2), lo=numbers, hi=numbers)
-def test_box_projection_is_non_expansive(x: list[float], y: list[float], lo: float, hi: float) -> None:
+@given(
+    x=st.lists(numbers, min_size=2, max_size=2),
+    y=st.lists(numbers, min_size=2, max_size=2),
+    lo=numbers,
+    hi=numbers,
+)
+def test_box_projection_is_non_expansive(
+    x: list[float], y: list[float], lo: float, hi: float
+) -> None:
     assume(lo <= hi)
     from torch_constraints import Box
 

@@ -26,8 +26,18 @@ def test_scalar_bounds_round_inward_to_the_nearest_representable_value(
     # Representable in the dtype, and no representable value lies strictly between.
     for rounded in (lower, upper):
         assert float(torch.tensor(rounded, dtype=dtype)) == rounded
-    assert float(torch.nextafter(torch.tensor(lower, dtype=dtype), torch.tensor(-math.inf, dtype=dtype))) < value
-    assert float(torch.nextafter(torch.tensor(upper, dtype=dtype), torch.tensor(math.inf, dtype=dtype))) > value
+    assert (
+        float(
+            torch.nextafter(torch.tensor(lower, dtype=dtype), torch.tensor(-math.inf, dtype=dtype))
+        )
+        < value
+    )
+    assert (
+        float(
+            torch.nextafter(torch.tensor(upper, dtype=dtype), torch.tensor(math.inf, dtype=dtype))
+        )
+        > value
+    )
 
 
 def test_reference_values() -> None:

@@ -20,6 +20,8 @@ import torch
 from torch import Tensor
 from torch.autograd import Function
 
+from ._rounding import just_outside
+
 __all__ = ["clamp", "straight_through"]
 
 Bound = float | Tensor | None
@@ -30,16 +32,32 @@ class _Clamp(Function):
 
     @staticmethod
     def forward(x: Tensor, lo: Bound, hi: Bound) -> Tensor:
-        return torch.clamp(x, lo, hi)
+        return _plain_clamp(x, lo, hi)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-        ctx.save_for_backward(inputs[0], output)
+        x, lo, hi = inputs
+        if isinstance(lo, Tensor) or isinstance(hi, Tensor):
+            ctx.save_for_backward(x, output)
+            ctx.open_bounds = None
+        else:
+            # hardtanh_backward zeroes the gradient where x <= lo' or x >= hi', in one
+            # pass; with lo' and hi' the neighbours just outside [lo, hi] in x's dtype,
+            # that is exactly "outside [lo, hi]".
+            ctx.save_for_backward(x)
+            ctx.open_bounds = (
+                just_outside(lo, x.dtype, below=True),
+                just_outside(hi, x.dtype, below=False),
+            )
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
-        x, y = ctx.saved_tensors
-        return torch.where(x == y, grad, 0.0), None, None
+        if ctx.open_bounds is None:
+            x, y = ctx.saved_tensors
+            return torch.where(x == y, grad, 0.0), None, None
+        (x,) = ctx.saved_tensors
+        lo, hi = ctx.open_bounds
+        return torch.ops.aten.hardtanh_backward(grad, x, lo, hi), None, None
 
 
 class _StraightThrough(Function):
@@ -58,11 +76,15 @@ class _StraightThrough(Function):
         return grad, None
 
 
+def _plain_clamp(x: Tensor, lo: Bound, hi: Bound) -> Tensor:
+    return torch.clamp(x, lo, hi)  # type: ignore[arg-type]  # the stubs reject number | Tensor
+
+
 def clamp(x: Tensor, lo: Bound, hi: Bound) -> Tensor:
     """Clamp ``x`` to ``[lo, hi]``; gradient 1 where ``lo <= x <= hi``, else 0."""
     if not torch.is_grad_enabled() or not x.requires_grad:
-        return torch.clamp(x, lo, hi)
-    out: Tensor = _Clamp.apply(x, lo, hi)
+        return _plain_clamp(x, lo, hi)
+    out: Tensor = _Clamp.apply(x, lo, hi)  # type: ignore[no-untyped-call]
     return out
 
 
@@ -70,5 +92,5 @@ def straight_through(x: Tensor, value: Tensor) -> Tensor:
     """Return ``value`` (computed without autograd) with the gradient of the identity in ``x``."""
     if not torch.is_grad_enabled() or not x.requires_grad:
         return value
-    out: Tensor = _StraightThrough.apply(x, value)
+    out: Tensor = _StraightThrough.apply(x, value)  # type: ignore[no-untyped-call]
     return out

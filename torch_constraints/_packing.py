@@ -81,7 +81,7 @@ class Pack:
         self.buffers.append(buffer)
         _live[buffer.untyped_storage().data_ptr()] = self
         offset, first = 0, 0
-        for i, (member, size) in enumerate(zip(chunk, sizes)):
+        for i, (member, size) in enumerate(zip(chunk, sizes, strict=True)):
             tensor = member.tensor
             view = buffer.as_strided(tensor.shape, tensor.stride(), offset)
             view.copy_(tensor)
@@ -155,7 +155,7 @@ def _slot_elems(tensor: Tensor) -> int:
 def _is_dense(tensor: Tensor) -> bool:
     """Non-overlapping and dense: some permutation of the dims is contiguous."""
     expected = 1
-    for size, stride in sorted(zip(tensor.shape, tensor.stride()), key=lambda d: d[1]):
+    for size, stride in sorted(zip(tensor.shape, tensor.stride(), strict=True), key=lambda d: d[1]):
         if size == 1:
             continue
         if stride != expected:

@@ -11,11 +11,12 @@ unchanged, and infinite bounds stay infinite.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 from torch import Tensor
 
-__all__ = ["inward_scalar", "inward_tensor"]
+__all__ = ["inward_scalar", "inward_tensor", "just_outside"]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -44,3 +45,12 @@ def inward_tensor(bound: Tensor, dtype: torch.dtype, *, lower: bool) -> Tensor:
         outside = rounded.to(torch.float64) > exact
         toward = torch.full_like(rounded, float("-inf"))
     return torch.where(outside, torch.nextafter(rounded, toward), rounded)
+
+
+@functools.lru_cache(maxsize=1024)
+def just_outside(value: float | None, dtype: torch.dtype, *, below: bool) -> float:
+    """Return the neighbour of ``value`` in ``dtype`` just below or above it (None: unbounded)."""
+    if value is None:
+        return -math.inf if below else math.inf
+    toward = torch.tensor(-math.inf if below else math.inf, dtype=dtype)
+    return float(torch.nextafter(torch.tensor(value, dtype=dtype), toward))

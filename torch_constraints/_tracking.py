@@ -8,10 +8,12 @@ The cache is keyed on two counters:
   anywhere (PyTorch's global registration hooks), whenever this library adds or
   removes a constraint, and whenever a constraint sees ``module.to()`` or an
   assignment ``module.weight = W``. A plan built at an older generation is rebuilt.
-* ``optimizer_steps`` counts ``Optimizer.step`` calls in the process (a global
-  step pre-hook). Some optimizers (``fused=True``) write parameters without moving
-  their version counters, so a constraint trusts "already projected" only while
-  no step has run since the projection.
+* ``optimizer_steps`` counts the steps of optimizers that may write parameters
+  without moving their version counters (a global step pre-hook): PyTorch's
+  ``fused=True`` implementations, and any optimizer from outside ``torch.optim``.
+  A constraint trusts "already projected" only while no such step has run since
+  the projection. (PyTorch's for-loop and foreach implementations use in-place
+  tensor ops, which move the counters; a test checks this for every optimizer.)
 
 The hooks are installed the first time a plan is built, not at import.
 """
@@ -23,7 +25,7 @@ from typing import Any
 from torch.nn.modules import module as _module
 from torch.optim import optimizer as _optimizer
 
-__all__ = ["generation", "install_hooks", "layout_changed", "optimizer_steps"]
+__all__ = ["generation", "install_hooks", "layout_changed", "may_write_silently", "optimizer_steps"]
 
 _generation = 0
 _optimizer_steps = 0
@@ -36,7 +38,7 @@ def generation() -> int:
 
 
 def optimizer_steps() -> int:
-    """Return how many optimizer steps have started since the hooks were installed."""
+    """Return how many steps of :func:`may_write_silently` optimizers have started."""
     return _optimizer_steps
 
 
@@ -46,9 +48,17 @@ def layout_changed(*_: Any) -> None:
     _generation += 1
 
 
-def _count_step(*_: Any) -> None:
+def _count_step(optimizer: Any, *_: Any) -> None:
     global _optimizer_steps
-    _optimizer_steps += 1
+    if may_write_silently(optimizer):
+        _optimizer_steps += 1
+
+
+def may_write_silently(optimizer: Any) -> bool:
+    """Whether ``optimizer.step()`` may change parameters without moving their versions."""
+    if not type(optimizer).__module__.startswith("torch.optim."):
+        return True
+    return any(group.get("fused") for group in optimizer.param_groups)
 
 
 def install_hooks() -> None:

@@ -94,7 +94,7 @@ class Box(Constraint):
             if not isinstance(bound, Tensor):
                 continue
             try:
-                shape = torch.broadcast_shapes(bound.shape, x.shape)
+                shape = torch.broadcast_shapes(bound.shape, x.shape)  # type: ignore[no-untyped-call]
             except RuntimeError:
                 shape = None
             if shape != x.shape:
@@ -123,7 +123,7 @@ class Box(Constraint):
     def _apply(self, fn: Any, recurse: bool = True) -> Box:
         # module.to(dtype) rounds buffers to nearest; re-round tensor bounds inward.
         before = {name: b for name, b in self._buffers.items() if b is not None}
-        super()._apply(fn, recurse)
+        super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
         for name, old in before.items():
             new = self._buffers[name]
             if new is not None and new.dtype != old.dtype:
@@ -146,7 +146,7 @@ class NonNeg(Box):
         super().__init__(min=0.0)
 
 
-def _validated(value: Any, name: str, *, forbidden: float) -> Bound:
+def _validated(value: object, name: str, *, forbidden: float) -> Bound:
     if value is None:
         return None
     if isinstance(value, Tensor):
@@ -185,8 +185,10 @@ def _set_bound(box: Box, name: str, value: Bound) -> None:
 
 
 def _check_ordered(lo: Bound, hi: Bound) -> None:
-    if lo is None or hi is None or any(
-        isinstance(b, Tensor) and b.device.type == "meta" for b in (lo, hi)
+    if (
+        lo is None
+        or hi is None
+        or any(isinstance(b, Tensor) and b.device.type == "meta" for b in (lo, hi))
     ):
         return
     if not isinstance(lo, Tensor) and not isinstance(hi, Tensor):

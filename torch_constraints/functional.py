@@ -58,7 +58,7 @@ def project_box_(x: Tensor, min: Bound = None, max: Bound = None) -> Tensor:
     lo, hi = box_bounds(x, min, max)
     if lo is None and hi is None:
         return x
-    return x.clamp_(lo, hi)
+    return x.clamp_(lo, hi)  # type: ignore[arg-type]  # the stubs omit number bounds
 
 
 def box_bounds(x: Tensor, min: Bound = None, max: Bound = None) -> tuple[Bound, Bound]:

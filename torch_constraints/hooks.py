@@ -48,10 +48,9 @@ def project_after_step(optimizer: torch.optim.Optimizer, module: nn.Module) -> R
         >>> handle.remove()
     """
     if not isinstance(optimizer, torch.optim.Optimizer):
-        kind = type_name(optimizer) if isinstance(optimizer, nn.Module) else type(optimizer).__name__
-        raise TypeError(f"expected a torch.optim.Optimizer, got {kind}")
+        raise TypeError(f"expected a torch.optim.Optimizer, got {type_name(optimizer)}")
     if not isinstance(module, nn.Module):
-        raise TypeError(f"expected an nn.Module, got {type(module).__name__}")
+        raise TypeError(f"expected an nn.Module, got {type_name(module)}")
     if next(constrained_slots(module), None) is None:
         raise ValueError(
             f"{type_name(module)} has no tensor constrained by torch_constraints; "

@@ -35,7 +35,7 @@ from .registration import constrained_slots
 __all__ = ["hard_project"]
 
 
-@torch.compiler.disable
+@torch.compiler.disable  # type: ignore[untyped-decorator]
 @torch.no_grad()
 def hard_project(module: nn.Module, *, foreach: bool | None = None, pack: bool = True) -> None:
     """Project, in place and without autograd, every tensor constrained in ``module``'s tree.
@@ -132,9 +132,7 @@ class _Plan:
 
     def is_current(self, pack: bool) -> bool:
         return (
-            self.generation == _tracking.generation()
-            and self.pack == pack
-            and self.layout_intact()
+            self.generation == _tracking.generation() and self.pack == pack and self.layout_intact()
         )
 
     def layout_intact(self) -> bool:
@@ -143,7 +141,7 @@ class _Plan:
     def has_targets(self, targets: list[_Target]) -> bool:
         return len(targets) == len(self.targets) and all(
             a.tensor is b.tensor and a.constraints == b.constraints
-            for a, b in zip(targets, self.targets)
+            for a, b in zip(targets, self.targets, strict=True)
         )
 
     def run(self, foreach: bool | None) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -231,8 +231,7 @@ class Slot:
 
     @property
     def chain(self) -> ParametrizationList:
-        plist: ParametrizationList = self.module.parametrizations[self.tensor_name]
-        return plist
+        return chain_of(self.module, self.tensor_name)
 
     def leading_constraints(self) -> list[Constraint]:
         """Our constraints applied directly to the raw tensor, in order (what hard_project uses)."""
@@ -252,8 +251,8 @@ def constrained_slots(module: nn.Module) -> Iterator[Slot]:
     for prefix, owner in _named_modules(module):
         if not parametrize.is_parametrized(owner):
             continue
-        for tensor_name, chain in owner.parametrizations.items():
-            if any(isinstance(entry, Constraint) for entry in chain):
+        for tensor_name in _parametrizations(owner):
+            if any(isinstance(entry, Constraint) for entry in chain_of(owner, tensor_name)):
                 yield Slot(_join(prefix, tensor_name), owner, tensor_name)
 
 
@@ -261,7 +260,16 @@ def our_constraints(module: nn.Module, tensor_name: str) -> list[Constraint]:
     """This library's constraints on ``module.<tensor_name>``, in registration order."""
     if not parametrize.is_parametrized(module, tensor_name):
         return []
-    return [entry for entry in module.parametrizations[tensor_name] if isinstance(entry, Constraint)]
+    return [entry for entry in chain_of(module, tensor_name) if isinstance(entry, Constraint)]
+
+
+def chain_of(module: nn.Module, tensor_name: str) -> ParametrizationList:
+    """``module.parametrizations[tensor_name]``, typed."""
+    return cast(ParametrizationList, _parametrizations(module)[tensor_name])
+
+
+def _parametrizations(module: nn.Module) -> nn.ModuleDict:
+    return cast(nn.ModuleDict, module.parametrizations)
 
 
 def _named_modules(module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
@@ -277,7 +285,8 @@ def _parameter_slots(module: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:
     for prefix, owner in _named_modules(module):
         names = [n for n, p in owner._parameters.items() if p is not None]
         if parametrize.is_parametrized(owner):
-            for tensor_name, chain in owner.parametrizations.items():
+            for tensor_name in _parametrizations(owner):
+                chain = chain_of(owner, tensor_name)
                 if any(isinstance(t, nn.Parameter) for t in chain.parameters(recurse=False)):
                     names.append(tensor_name)
         for tensor_name in names:
@@ -289,7 +298,9 @@ def _parameter_slots(module: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:
 def _as_constraint(min: Bound | Constraint, max: Bound, where: str) -> Constraint:
     if isinstance(min, Constraint):
         if max is not None:
-            raise TypeError(f"{where}: pass either a constraint or bounds, got {min!r} and max={max!r}")
+            raise TypeError(
+                f"{where}: pass either a constraint or bounds, got {min!r} and max={max!r}"
+            )
         return min
     try:
         return Box(min, max)
@@ -333,15 +344,17 @@ def _register(module: nn.Module, tensor_name: str, constraint: Constraint) -> No
 
 
 def _remove(module: nn.Module, tensor_name: str, leave_constrained: bool) -> None:
-    chain: ParametrizationList = module.parametrizations[tensor_name]
+    chain = chain_of(module, tensor_name)
     positions = [i for i, entry in enumerate(chain) if isinstance(entry, Constraint)]
     if len(positions) == len(chain):
-        parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=leave_constrained)
+        parametrize.remove_parametrizations(
+            module, tensor_name, leave_parametrized=leave_constrained
+        )
         _packing.release(getattr(module, tensor_name))
         _tracking.layout_changed()
         return
     leading = positions == list(range(len(positions)))
-    removed = [(i, chain[i]) for i in positions]
+    removed = [(i, cast(Constraint, chain[i])) for i in positions]
     value = None
     if leave_constrained and not leading:
         with torch.no_grad():
@@ -378,7 +391,9 @@ def _resolve(module: nn.Module, name: str) -> tuple[nn.Module, str]:
     try:
         owner = module.get_submodule(prefix) if prefix else module
     except AttributeError:
-        raise ValueError(f"{type_name(module)} has no submodule {prefix!r} (from {name!r})") from None
+        raise ValueError(
+            f"{type_name(module)} has no submodule {prefix!r} (from {name!r})"
+        ) from None
     _raw_tensor(owner, tensor_name, _describe(owner, tensor_name))
     return owner, tensor_name
 
@@ -386,7 +401,7 @@ def _resolve(module: nn.Module, name: str) -> tuple[nn.Module, str]:
 def _raw_tensor(module: nn.Module, tensor_name: str, where: str | None = None) -> Tensor:
     """The raw stored tensor behind ``module.<tensor_name>``."""
     if parametrize.is_parametrized(module, tensor_name):
-        chain = module.parametrizations[tensor_name]
+        chain = chain_of(module, tensor_name)
         raw: Tensor = chain.original if chain.is_tensor else getattr(module, tensor_name).detach()
         return raw
     for table in (module._parameters, module._buffers):
@@ -395,7 +410,7 @@ def _raw_tensor(module: nn.Module, tensor_name: str, where: str | None = None) -
             return tensor
     available = [n for n, _ in module.named_parameters(recurse=False)]
     available += [n for n, _ in module.named_buffers(recurse=False)]
-    available += list(module.parametrizations) if parametrize.is_parametrized(module) else []
+    available += list(_parametrizations(module)) if parametrize.is_parametrized(module) else []
     raise ValueError(
         f"{where or _describe(module, tensor_name)}: {type_name(module)} has no parameter or "
         f"buffer named {tensor_name!r}; it has: {', '.join(available) or 'none'}"
@@ -416,7 +431,7 @@ def _selector(include: Include) -> Callable[[str, nn.Module, str], bool]:
         names = set(include)
         return lambda qualname, module, tensor_name: tensor_name in names or qualname in names
     if callable(include):
-        predicate = include
+        predicate = cast(Callable[[str, nn.Module, str], bool], include)
         return lambda qualname, module, tensor_name: bool(predicate(qualname, module, tensor_name))
     raise TypeError(
         "include must be module classes, tensor names, or a predicate "
@@ -428,8 +443,11 @@ def _describe(module: nn.Module, tensor_name: str) -> str:
     return f"{type_name(module)}.{tensor_name}"
 
 
-def type_name(module: nn.Module) -> str:
-    return parametrize.type_before_parametrizations(module).__name__
+def type_name(obj: object) -> str:
+    """The class name of ``obj``; for a parametrized module, of the module before."""
+    if isinstance(obj, nn.Module):
+        return parametrize.type_before_parametrizations(obj).__name__
+    return type(obj).__name__
 
 
 def _join(prefix: str, name: str) -> str:
