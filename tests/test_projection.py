@@ -12,7 +12,18 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.nn.utils import parametrize
 
-from torch_constraints import Box, NonNeg, constrain, constrain_all, hard_project, unconstrain
+from torch_constraints import (
+    Box,
+    MaxNorm,
+    MinMaxNorm,
+    NonNeg,
+    Simplex,
+    UnitNorm,
+    constrain,
+    constrain_all,
+    hard_project,
+    unconstrain,
+)
 from torch_constraints.projection import _plans
 from torch_constraints.registration import Slot, constrained_slots
 
@@ -41,7 +52,7 @@ def reference(model: nn.Module) -> dict[str, torch.Tensor]:
     for slot in projected_slots(model):
         value = slot.chain.original.detach().clone()
         for constraint in slot.leading_constraints():
-            value = constraint.project(value)
+            constraint.project_(value)
         expected[slot.qualname] = value
     return expected
 
@@ -79,6 +90,10 @@ class Zoo(nn.Module):
         self.normed = nn.utils.parametrizations.weight_norm(nn.Linear(3, 3))
         self.same_as_a = nn.Linear(8, 16)
         constrain_all(self, -0.5, 0.5, include=(nn.Linear,))
+        self.normed_stack = nn.ModuleList(nn.Linear(6, 4) for _ in range(3))
+        self.unit_stack = nn.ModuleList(nn.Linear(6, 4).double() for _ in range(2))
+        self.keras_step = nn.Linear(6, 4)
+        self.simplex_rows = nn.Linear(5, 3)
         constrain(self, "conv.weight", NonNeg())
         constrain(self, "conv.bias", -torch.arange(5.0) / 10, torch.arange(5.0) / 10)
         constrain(self, "transposed", max=0.25)
@@ -87,6 +102,10 @@ class Zoo(nn.Module):
         self.parametrizations.strided.original.data = torch.randn(6, 10)[:, ::2]
         constrain(self, "stat", -1, 1)
         constrain(self, "stacked.weight", NonNeg())  # stacks on the Box from constrain_all
+        constrain_all(self.normed_stack, MaxNorm(0.4), include={"weight"})
+        constrain_all(self.unit_stack, UnitNorm(dim=1), include={"weight"})
+        constrain(self, "keras_step.weight", MinMaxNorm(0.2, 0.6, rate=0.5))
+        constrain(self, "simplex_rows.weight", Simplex(dim=0))
 
 
 def test_zoo_covers_the_cases() -> None:
@@ -149,6 +168,12 @@ def test_packing_keeps_parameter_identity_strides_and_values() -> None:
     assert len(runs) == 1
     sizes = [raw(m, n).numel() for m in (zoo.a, zoo.b, zoo.same_as_a) for n in ("weight", "bias")]
     assert runs[0].view.numel() >= sum(sizes)
+    # Same-shaped tensors under one norm constraint form one stacked run.
+    norm_runs = [r for r in float32_pack.runs if isinstance(r.constraints[0], MaxNorm)]
+    assert [tuple(r.view.shape) for r in norm_runs] == [(3, 4, 6)]
+    float64_pack = next(p for p in plan.packs if p.dtype == torch.float64)
+    unit_runs = [r for r in float64_pack.runs if isinstance(r.constraints[0], UnitNorm)]
+    assert [tuple(r.view.shape) for r in unit_runs] == [(2, 4, 6)]
 
 
 def test_optimizer_keeps_training_packed_parameters() -> None:

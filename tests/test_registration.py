@@ -224,10 +224,10 @@ def _assert_unchanged(layer: nn.Linear, before: dict[str, torch.Tensor]) -> None
             "min is on meta but the tensor is on cpu",
         ),
         (
-            ("0", "1"),
+            ([0.0], 1.0),
             {},
             TypeError,
-            "Linear.weight: min must be a number, a tensor or None, got '0'",
+            "Linear.weight: min must be a number, a tensor or None, got [0.0]",
         ),
         ((Box(0, 1), 2.0), {}, TypeError, "pass either a constraint or bounds"),
         (

@@ -9,20 +9,33 @@ step. See https://github.com/ for the documentation in ``docs/``.
 from .base import Constraint
 from .box import Box, NonNeg
 from .hooks import project_after_step
+from .norm import MaxNorm, MinMaxNorm, UnitNorm
 from .projection import hard_project
 from .registration import constrain, constrain_all, named_constraints, unconstrain
+from .registry import get, serialize
+from .sets import L1Ball, L2Ball, L2Sphere, LinfBall, Simplex
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Box",
     "Constraint",
+    "L1Ball",
+    "L2Ball",
+    "L2Sphere",
+    "LinfBall",
+    "MaxNorm",
+    "MinMaxNorm",
     "NonNeg",
+    "Simplex",
+    "UnitNorm",
     "__version__",
     "constrain",
     "constrain_all",
+    "get",
     "hard_project",
     "named_constraints",
     "project_after_step",
+    "serialize",
     "unconstrain",
 ]

@@ -63,7 +63,7 @@ class Constraint(nn.Module):
     #: on every value that :meth:`project_` returns (sets with an interior, such as
     #: boxes and balls; not spheres or simplices). Right after ``hard_project``
     #: such a constraint can then skip its forward computation.
-    identity_on_feasible: ClassVar[bool] = False
+    identity_on_feasible: bool = False
 
     #: ``True`` when the projection acts on each element alone, with no reference
     #: to the tensor's shape: ``hard_project`` may then project tensors of any

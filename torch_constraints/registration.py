@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrize import ParametrizationList
 
-from . import _packing, _tracking
+from . import _packing, _tracking, registry
 from .base import Constraint
 from .box import Box
 from .functional import Bound
@@ -43,7 +43,7 @@ Include = (
 def constrain(
     module: M,
     name: str,
-    min: Bound | Constraint = None,
+    min: Bound | Constraint | str = None,
     max: Bound = None,
     *,
     straight_through: bool = False,
@@ -69,7 +69,8 @@ def constrain(
         name: a parameter or buffer name of ``module`` (``"weight"``), or a dotted
             path from ``module`` (``"encoder.fc.weight"``).
         min: lower bound (number or broadcastable tensor), or a
-            :class:`~torch_constraints.Constraint`. Default: ``None``.
+            :class:`~torch_constraints.Constraint`, or a constraint's name such as
+            ``"non_neg"`` (see :func:`~torch_constraints.get`). Default: ``None``.
         max: upper bound (number or broadcastable tensor). Default: ``None``.
         straight_through: keep the constrained value in the forward pass but let the
             gradient through unchanged, so raw values outside the set are not
@@ -101,7 +102,7 @@ def constrain(
 
 def constrain_all(
     module: M,
-    min: Bound | Constraint = None,
+    min: Bound | Constraint | str = None,
     max: Bound = None,
     *,
     include: Include = None,
@@ -122,7 +123,8 @@ def constrain_all(
 
     Args:
         module: the root of the module tree.
-        min: lower bound, or a :class:`~torch_constraints.Constraint`. Default: ``None``.
+        min: lower bound, a :class:`~torch_constraints.Constraint`, or a constraint's
+            name. Default: ``None``.
         max: upper bound. Default: ``None``.
         include: which parameters to constrain, as above. Default: all.
         straight_through: as in :func:`constrain`. Default: ``False``.
@@ -295,13 +297,16 @@ def _parameter_slots(module: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:
 
 
 # ---------------------------------------------------------------------- registering
-def _as_constraint(min: Bound | Constraint, max: Bound, where: str) -> Constraint:
-    if isinstance(min, Constraint):
+def _as_constraint(min: Bound | Constraint | str, max: Bound, where: str) -> Constraint:
+    if isinstance(min, (Constraint, str)):
         if max is not None:
             raise TypeError(
                 f"{where}: pass either a constraint or bounds, got {min!r} and max={max!r}"
             )
-        return min
+        try:
+            return registry.get(min)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"{where}: {error}") from None
     try:
         return Box(min, max)
     except (TypeError, ValueError) as error:
