@@ -352,3 +352,28 @@ def test_every_combination_of_flags_agrees() -> None:
         results.append(raws(zoo))
     for other in results[1:]:
         assert all(torch.equal(other[n], results[0][n]) for n in results[0])
+
+
+def test_adding_a_constraint_keeps_the_existing_packs() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4))
+    constrain_all(model, -1, 1, include=lambda q, m, n: not q.startswith("2."))
+    hard_project(model)
+    first = [b.data_ptr() for p in _plans[model].packs for b in p.buffers]
+    constrain(model, "2.weight", -0.1, 0.1)
+    scramble(model)
+    expected = reference(model)
+    hard_project(model)
+    assert [b.data_ptr() for b in _plans[model].packs[0].buffers] == first  # not copied again
+    assert len(_plans[model].packs) == 2
+    assert all(torch.equal(raws(model)[n], expected[n]) for n in expected)
+
+
+def test_removing_a_constraint_unpacks_its_pack_members() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    constrain_all(model, -1, 1)
+    hard_project(model)
+    parametrize.remove_parametrizations(model[0], "weight", leave_parametrized=False)
+    hard_project(model)
+    weight = model[0].weight
+    assert weight.untyped_storage().nbytes() == weight.nbytes  # no longer a view of the pack
+    assert len(_plans[model].packs) == 1

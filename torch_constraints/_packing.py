@@ -19,7 +19,7 @@ packing never needs more than that much extra memory at once.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -70,9 +70,20 @@ class Pack:
         by_key: dict[Hashable, list[Member]] = {}
         for member in members:
             by_key.setdefault(member.run_key, []).append(member)
-        ordered = [member for group in by_key.values() for member in group]
-        for chunk in _chunks(ordered, max_bytes):
+        self.members = [member for group in by_key.values() for member in group]
+        for chunk in _chunks(self.members, max_bytes):
             self._fill(chunk)
+        self.ptrs = [t.data_ptr() for t in self.tensors]
+
+    def serves(self, wanted: Mapping[int, tuple[Constraint, ...]]) -> bool:
+        """Whether every member is still here and still carries the same constraints.
+
+        ``wanted`` maps ``id(tensor)`` to the constraints a plan applies to it.
+        """
+        return (
+            all(wanted.get(id(m.tensor)) == m.constraints for m in self.members)
+            and [t.data_ptr() for t in self.tensors] == self.ptrs
+        )
 
     def _fill(self, chunk: list[Member]) -> None:
         sizes = [_slot_elems(m.tensor) for m in chunk]
@@ -98,7 +109,7 @@ class Pack:
         """Give every member still viewing these buffers its own storage again."""
         for tensor in self.tensors:
             release(tensor)
-        self.tensors, self.runs, self.buffers = [], [], []
+        self.tensors, self.runs, self.buffers, self.members, self.ptrs = [], [], [], [], []
 
 
 def is_packable(tensor: Tensor) -> bool:

@@ -33,11 +33,12 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
-from . import constrain_all, hard_project, project_after_step
+from . import MaxNorm, constrain_all, hard_project, project_after_step
 
 __all__ = ["PARAMETER_SETS", "main", "parameter_set"]
 
 LOW, HIGH = -0.01, 0.01
+NORM = 0.5
 
 
 # ----------------------------------------------------------------------------- parameter sets
@@ -195,6 +196,10 @@ def bench_projection(name: str, device: str, dtype: torch.dtype, rounds: int) ->
     plain = parameter_set(name, device, dtype)
     constrained = parameter_set(name, device, dtype)
     constrain_all(constrained, LOW, HIGH)
+    normed = parameter_set(name, device, dtype)
+    constrain_all(normed, MaxNorm(NORM))
+    norm_tensors = [p.detach() for p in parameter_set(name, device, dtype).parameters()]
+    max_norm = MaxNorm(NORM)
     tensors = [p.detach() for p in plain.parameters()]
     elements = sum(t.numel() for t in tensors)
     nbytes = elements * tensors[0].element_size()
@@ -210,8 +215,13 @@ def bench_projection(name: str, device: str, dtype: torch.dtype, rounds: int) ->
         torch._foreach_clamp_min_(tensors, LOW)
         torch._foreach_clamp_max_(tensors, HIGH)
 
+    def max_norm_loop() -> None:
+        for t in norm_tensors:
+            max_norm.project_(t)
+
     with torch.no_grad():
         hard_project(constrained)  # the first call packs; time the steady state
+        hard_project(normed)
         medians = _interleaved_medians(
             {
                 "copy (ceiling)": lambda: copy_target.copy_(flat),
@@ -220,6 +230,8 @@ def bench_projection(name: str, device: str, dtype: torch.dtype, rounds: int) ->
                 "clamp_ loop": loop,
                 "foreach pair": foreach_pair,
                 "hard_project": lambda: hard_project(constrained),
+                "MaxNorm loop": max_norm_loop,
+                "hard_project MaxNorm": lambda: hard_project(normed),
             },
             device,
             rounds,
@@ -361,7 +373,7 @@ def _format_projection(result: ProjectionResult) -> Iterator[str]:
     yield (
         f"\n{result.parameter_set}: {result.tensors} tensors, "
         f"{result.elements / 1e6:.1f}M elements, {result.megabytes:.1f} MB; "
-        f"clamp into [{LOW}, {HIGH}]"
+        f"clamp into [{LOW}, {HIGH}]; MaxNorm({NORM}) per output unit"
     )
     yield f"  {'method':<22}{'ms':>10}{'GB/s':>9}{'of copy':>9}{'x floor':>9}"
     for row in result.rows:
@@ -376,6 +388,9 @@ def _format_projection(result: ProjectionResult) -> Iterator[str]:
         if r.name in ("blog recipe", "clamp_ loop", "foreach pair")
     )
     yield f"  hard_project: {speedups}"
+    norm = {r.name: r.seconds for r in result.rows}
+    ratio = norm["MaxNorm loop"] / norm["hard_project MaxNorm"]
+    yield f"  hard_project MaxNorm: {ratio:.1f}x faster than the MaxNorm loop"
     for check in result.checks:
         yield f"  {check}"
 

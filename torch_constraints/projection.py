@@ -120,15 +120,21 @@ class _Plan:
     def build(cls, module: nn.Module, *, pack: bool, previous: _Plan | None) -> _Plan:
         _tracking.install_hooks()
         targets = _targets(module)
+        kept: list[_packing.Pack] = []
         if previous is not None:
             if previous.pack == pack and previous.has_targets(targets) and previous.layout_intact():
                 previous.generation = _tracking.generation()
                 previous.recorders = _recorders(targets)
                 return previous
+            # Keep the packs whose members are all still projected the same way;
+            # unpack the others. Targets outside the kept packs are packed anew.
+            wanted = {id(t.tensor): t.constraints for t in targets} if pack else {}
             for old in previous.packs:
-                old.release()
-        packs = _pack(module, targets) if pack else []
-        return cls(targets, packs, pack)
+                if old.serves(wanted):
+                    kept.append(old)
+                else:
+                    old.release()
+        return cls(targets, kept + (_pack(module, targets) if pack else []), pack)
 
     def is_current(self, pack: bool) -> bool:
         return (
