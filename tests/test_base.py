@@ -90,3 +90,19 @@ def test_the_default_in_place_projection_writes_the_projection() -> None:
     x = torch.tensor([[1.0, 2.0], [0.0, 1.0]])
     assert Symmetric().project_(x) is x
     assert x.tolist() == [[1.0, 1.0], [1.0, 1.0]]
+
+
+def test_in_place_projections_work_on_parameters_outside_no_grad() -> None:
+    from torch_constraints import Box, L1Ball, MaxNorm, MinMaxNorm, Simplex, UnitNorm
+
+    for c in (
+        Box(-1, 1),
+        MaxNorm(1.0),
+        MinMaxNorm(0.5, 1.0, rate=0.5),
+        UnitNorm(),
+        Simplex(),
+        L1Ball(),
+    ):
+        p = nn.Parameter(torch.full((2, 3), 4.0))
+        assert c.project_(p) is p, type(c).__name__
+        assert not torch.equal(p.detach(), torch.full((2, 3), 4.0)), type(c).__name__

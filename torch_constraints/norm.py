@@ -11,6 +11,7 @@ bit. Outside the set both agree to about 1e-7 relative.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from . import _validation
@@ -62,6 +63,7 @@ class MaxNorm(SliceConstraint):
     def project(self, x: Tensor) -> Tensor:
         return project_l2_ball(x, self.max_value, self.slices(x))
 
+    @torch.no_grad()
     def project_(self, x: Tensor) -> Tensor:
         return project_l2_ball_(x, self.max_value, self.slices(x))
 
@@ -126,6 +128,7 @@ class MinMaxNorm(SliceConstraint):
     def project(self, x: Tensor) -> Tensor:
         return project_min_max_norm(x, self.min_value, self.max_value, 1.0, self.slices(x))
 
+    @torch.no_grad()
     def project_(self, x: Tensor) -> Tensor:
         return project_min_max_norm_(x, self.min_value, self.max_value, self.rate, self.slices(x))
 
@@ -155,5 +158,6 @@ class UnitNorm(SliceConstraint):
     def project(self, x: Tensor) -> Tensor:
         return project_l2_sphere(x, 1.0, self.slices(x))
 
+    @torch.no_grad()
     def project_(self, x: Tensor) -> Tensor:
         return project_l2_sphere_(x, 1.0, self.slices(x))

@@ -7,6 +7,7 @@ weight).
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from . import _validation
@@ -56,6 +57,7 @@ class Simplex(SliceConstraint):
     def project(self, x: Tensor) -> Tensor:
         return project_simplex(x, self.scale, self.slices(x))
 
+    @torch.no_grad()
     def project_(self, x: Tensor) -> Tensor:
         return project_simplex_(x, self.scale, self.slices(x))
 
@@ -88,6 +90,7 @@ class L1Ball(SliceConstraint):
     def project(self, x: Tensor) -> Tensor:
         return project_l1_ball(x, self.radius, self.slices(x))
 
+    @torch.no_grad()
     def project_(self, x: Tensor) -> Tensor:
         return project_l1_ball_(x, self.radius, self.slices(x))
 
@@ -120,6 +123,7 @@ class L2Ball(SliceConstraint):
     def project(self, x: Tensor) -> Tensor:
         return project_l2_ball(x, self.radius, self.slices(x))
 
+    @torch.no_grad()
     def project_(self, x: Tensor) -> Tensor:
         return project_l2_ball_(x, self.radius, self.slices(x))
 
@@ -149,6 +153,7 @@ class L2Sphere(SliceConstraint):
     def project(self, x: Tensor) -> Tensor:
         return project_l2_sphere(x, self.radius, self.slices(x))
 
+    @torch.no_grad()
     def project_(self, x: Tensor) -> Tensor:
         return project_l2_sphere_(x, self.radius, self.slices(x))
 
