@@ -133,3 +133,25 @@ def test_missing_extra_exits_nonzero_from_the_command_line(tmp_path: Path) -> No
     )
     assert result.returncode == 1
     assert "pip install 'torch-constraints[demo]'" in result.stderr
+
+
+def test_tutorial_lists_every_option_with_its_default() -> None:
+    page = Path(__file__).resolve().parent.parent / "docs" / "tutorial-wgan.md"
+    rows = re.findall(
+        r"^\| `(--[\w-]+)` \|\s*([^|]*?)\s*\|", page.read_text(encoding="utf-8"), re.M
+    )
+    documented = {option: default.strip().strip("`") for option, default in rows}
+    parser = demo._parser()
+    options = {
+        action.option_strings[-1]: action.default
+        for action in parser._actions
+        if action.option_strings[-1] != "--help"
+    }
+    assert documented.keys() == options.keys()
+    for option, default in options.items():
+        if isinstance(default, bool):
+            assert documented[option] == "", option
+        elif isinstance(default, float):
+            assert float(documented[option]) == default, option
+        else:
+            assert documented[option] == str(default), option
