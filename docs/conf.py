@@ -56,11 +56,13 @@ napoleon_use_rtype = False
 
 # Every cross-reference into this package must resolve (a typo is an error);
 # references to other projects may stay plain text, and so may type variables
-# (one capital letter, such as the ``M`` of ``constrain(module: M, ...) -> M``).
+# (one capital letter, such as the ``M`` of ``constrain(module: M, ...) -> M``)
+# and private names (a private base class shown by ``:show-inheritance:``).
 nitpicky = True
 nitpick_ignore_regex = [
     (r"py:.*", r"(?!torch_constraints\b).*"),
     (r"py:class", r"torch_constraints(\.\w+)*\.[A-Z]"),
+    (r"py:.*", r"torch_constraints(\.\w+)*\._\w+(\.\w+)*"),
 ]
 
 # PyTorch links, deterministic offline (see the module docstring).
