@@ -66,7 +66,7 @@ def hard_project(module: nn.Module, *, foreach: bool | None = None, pack: bool =
         >>> from torch_constraints import constrain, hard_project
         >>> layer = constrain(nn.Linear(3, 1), "weight", -0.1, 0.1)
         >>> with torch.no_grad():
-        ...     layer.parametrizations.weight.original.fill_(5.0)
+        ...     _ = layer.parametrizations.weight.original.fill_(5.0)
         >>> hard_project(layer)
         >>> layer.parametrizations.weight.original
         Parameter containing:
