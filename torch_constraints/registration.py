@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrize import ParametrizationList
 
-from . import _packing, _tracking
+from . import _classes, _packing, _tracking
 from .base import Constraint
 from .box import Box
 from .functional import Bound
@@ -331,6 +331,7 @@ def _prepare(
 def _register(module: nn.Module, tensor_name: str, constraint: Constraint) -> None:
     stacked = parametrize.is_parametrized(module, tensor_name)
     parametrize.register_parametrization(module, tensor_name, constraint)
+    _classes.share(module)  # one class per module type: compiles once, pickles
     # Registration runs the forward once as a consistency check; that is not a use.
     constraint._skip.used_in_forward = False
     if stacked:
