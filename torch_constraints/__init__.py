@@ -8,6 +8,7 @@ step. See https://github.com/ for the documentation in ``docs/``.
 
 from .base import Constraint
 from .box import Box, NonNeg
+from .checkpoint import CHECKPOINT_FORMAT, plain_state_dict
 from .hooks import project_after_step
 from .projection import hard_project
 from .registration import constrain, constrain_all, named_constraints, unconstrain
@@ -15,6 +16,7 @@ from .registration import constrain, constrain_all, named_constraints, unconstra
 __version__ = "0.1.0"
 
 __all__ = [
+    "CHECKPOINT_FORMAT",
     "Box",
     "Constraint",
     "NonNeg",
@@ -23,6 +25,7 @@ __all__ = [
     "constrain_all",
     "hard_project",
     "named_constraints",
+    "plain_state_dict",
     "project_after_step",
     "unconstrain",
 ]
