@@ -36,23 +36,30 @@ class TwoTensors(nn.Module):
         return x * self.a + self.b
 
 
-def test_every_constrained_module_of_one_class_shares_one_class() -> None:
-    model = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 3), nn.Conv1d(1, 1, 2))
+def test_modules_of_one_class_with_the_same_constrained_names_share_one_class() -> None:
+    model = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 3), nn.Linear(3, 3), nn.Conv1d(1, 1, 2))
     constrain_all(model, -1, 1, include={"weight"})
-    constrain(model[1], "bias", -0.5, 0.5)
-    assert type(model[0]) is type(model[1]) is shared_class(nn.Linear)
-    assert type(model[2]) is shared_class(nn.Conv1d)
-    assert type(model[0]).__name__ == "ParametrizedLinear"
+    constrain(model[2], "bias", -0.5, 0.5)
+    assert type(model[0]) is type(model[1]) is shared_class(nn.Linear, {"weight"})
+    assert type(model[2]) is shared_class(nn.Linear, {"weight", "bias"})
+    assert type(model[3]) is shared_class(nn.Conv1d, {"weight"})
+    assert type(model[0]).__name__ == type(model[2]).__name__ == "ParametrizedLinear"
     assert parametrize.type_before_parametrizations(model[0]) is nn.Linear
     assert isinstance(model[0], nn.Linear)
     assert "ParametrizedLinear(" in repr(model[0])
 
 
-def test_unconstrain_restores_the_original_class() -> None:
+def test_removing_one_constraint_moves_the_module_to_the_class_of_its_names() -> None:
     layer = constrain(nn.Linear(2, 2), "weight", -1, 1)
     constrain(layer, "bias", -1, 1)
     unconstrain(layer, "weight")
-    assert is_shared(type(layer))
+    assert type(layer) is shared_class(nn.Linear, {"bias"})
+    assert isinstance(vars(layer)["_parameters"]["weight"], nn.Parameter)
+
+
+def test_unconstrain_restores_the_original_class() -> None:
+    layer = constrain(nn.Linear(2, 2), "weight", -1, 1)
+    constrain(layer, "bias", -1, 1)
     unconstrain(layer)
     assert type(layer) is nn.Linear
     assert isinstance(layer.weight, nn.Parameter)
@@ -91,6 +98,8 @@ def test_pytorch_remove_parametrizations_on_one_module_leaves_the_others_alone()
     constrain(second, "bias", -1, 1)
     parametrize.remove_parametrizations(first, "weight")
     assert isinstance(first.weight, nn.Parameter)
+    x = torch.ones(1, 2)
+    assert torch.equal(first(x), nn.functional.linear(x, first.weight, first.bias))
     assert parametrize.is_parametrized(first, "bias")
     assert second.weight.abs().max() <= 0.5  # still through its constraint
     assert parametrize.is_parametrized(second, "weight")
@@ -102,22 +111,30 @@ def test_pytorch_remove_parametrizations_on_one_module_leaves_the_others_alone()
     assert first.weight.abs().max() <= 0.1
 
 
-def test_names_parametrized_elsewhere_read_and_write_the_plain_attribute() -> None:
-    constrained = constrain(TwoTensors(), "b", -1, 1)
+def test_names_parametrized_on_another_module_of_the_class_read_the_plain_attribute() -> None:
+    # Calling PyTorch directly on one module adds a property to the shared class:
+    # the other modules of that class read and write their plain attributes through it.
+    first = constrain(TwoTensors(), "a", -1, 1)
     with_attribute = constrain(TwoTensors(scale=3.0), "a", -1, 1)
-    assert type(constrained) is type(with_attribute)
+    plain = constrain(TwoTensors(), "a", -1, 1)
+    assert type(first) is type(with_attribute) is type(plain)
+    parametrize.register_parametrization(first, "b", Double())
+    assert isinstance(vars(type(plain)).get("b"), property)
+    assert torch.equal(first.parametrizations.b.original, torch.full((3,), -2.5))
+    assert torch.equal(first.b, torch.full((3,), -5.0))
     assert with_attribute.b == 3.0
     with_attribute.b = 4.0  # type: ignore[assignment]
     assert with_attribute.b == 4.0
     del with_attribute.b
     assert not hasattr(with_attribute, "b")
     with pytest.raises(AttributeError):
-        del constrained.b  # the parametrized tensor itself cannot be deleted
-    plain = constrain(TwoTensors(), "a", -1, 1)
+        del first.b  # the parametrized tensor itself cannot be deleted
     assert isinstance(plain.b, nn.Parameter) and plain.b.eq(-5).all()
     plain.b = nn.Parameter(torch.zeros(3))
     assert plain.b.eq(0).all()
-    assert constrained.b.eq(-1).all()
+    assert torch.equal(plain(torch.ones(3)), plain.a)
+    compiled = torch.compile(plain, fullgraph=True, backend="aot_eager")
+    assert torch.equal(compiled(torch.ones(3)), plain.a)  # Dynamo follows the same path
 
 
 def test_assignment_through_the_shared_property_projects() -> None:
@@ -130,7 +147,9 @@ def test_assignment_through_the_shared_property_projects() -> None:
 
 def test_a_class_of_our_own_is_shared_too_and_pickles() -> None:
     first = constrain(TwoTensors(), "a", -1, 1)
+    constrain(first, "b", -2, 2)
     second = constrain(TwoTensors(), "b", -2, 2)
+    constrain(second, "a", -1, 1)
     assert type(first) is type(second)
     copy = pickle.loads(pickle.dumps(first))
     assert type(copy) is type(first)

@@ -11,20 +11,24 @@ Two things break on that:
 * ``pickle`` and ``torch.save(model)`` cannot find the class by name, and PyTorch
   gives it a ``__getstate__`` that raises.
 
-:func:`share` therefore moves a module this library constrains to one class shared
-by all modules of the same original class, the same for every such ``Linear``.
-Its properties are what PyTorch's are, with two differences: the cache of
-:func:`torch.nn.utils.parametrize.cached` is keyed on the module reading it (not on
-the module the property was first made for), and a module of the shared class
-whose tensor of that name is not parametrized reads and writes it as if the
-property were not there. The class also pickles: :meth:`object.__reduce_ex__`
-rebuilds it on load from the original class, which is importable.
+:func:`share` therefore moves a module this library constrains to a class shared
+by all modules of the same original class with the same parametrized tensor
+names: every ``Linear`` whose ``weight`` alone is parametrized has one class,
+``ParametrizedLinear``. Its properties are PyTorch's, with two differences: the
+cache of :func:`torch.nn.utils.parametrize.cached` is keyed on the module reading
+it (PyTorch's is keyed on the module the property was made for), and a module of
+the class whose tensor of that name is not parametrized reads and writes the
+plain attribute, as if the property were not there. The class pickles:
+``__reduce_ex__`` rebuilds it on load from the original class, which is
+importable, and the names.
 
-PyTorch itself keeps changing these classes: ``register_parametrization`` sets a
-property on the class, ``remove_parametrizations`` deletes it. On a shared class a
-metaclass turns the first into one of the shared properties above, and ignores the
-second (the property then falls through to the plain attribute on the module that
-dropped its parametrization, while others still use it).
+Code that calls PyTorch directly keeps editing the class it finds:
+``register_parametrization`` sets a property on it, ``remove_parametrizations``
+deletes one. On a shared class, a metaclass turns the first into a shared property
+(which other modules of the class read through to their plain attribute) and
+ignores the second (the module that dropped its parametrization now reads through
+the property to its plain attribute). :func:`share` moves such a module to the
+class of its names the next time this library changes its constraints.
 """
 
 from __future__ import annotations
@@ -48,25 +52,26 @@ _PYTORCH_CLASS_KEYS = frozenset(
 )
 
 _metaclasses: dict[type, type] = {}  # for module classes with a metaclass of their own
-_classes: dict[type, type] = {}
+_classes: dict[tuple[type, frozenset[str]], type] = {}
 
 
 def share(module: nn.Module) -> None:
-    """Move ``module`` from PyTorch's class of its own to the shared parametrized class.
+    """Move ``module`` to the shared class of its original class and parametrized names.
 
-    Leaves alone modules whose class was made by anyone but PyTorch's parametrize
-    (or that hold anything else): those keep working as they are.
+    Called after this library adds or removes a constraint. Leaves alone modules
+    whose class was made by anyone but PyTorch's parametrize or this module (or that
+    holds anything else): those keep working as they are.
     """
     cls = type(module)
-    names = _parametrized_names(module)
+    names = frozenset(_parametrized_names(module))
+    if not names:
+        return
     if is_shared(cls):
-        _add_properties(cls, names)
+        if _FLAG not in cls.__dict__:
+            return  # a class derived from a shared one (FSDP2's): not ours to change
+    elif not _is_pytorch_class(cls, names):
         return
-    if not _is_pytorch_class(cls, names):
-        return
-    shared = shared_class(cls.__bases__[0])
-    _add_properties(shared, names)
-    module.__class__ = shared
+    module.__class__ = shared_class(cls.__bases__[0], names)
 
 
 def is_shared(cls: type) -> bool:
@@ -74,27 +79,28 @@ def is_shared(cls: type) -> bool:
     return bool(getattr(cls, _FLAG, False))
 
 
-def shared_class(base: type[nn.Module]) -> type[nn.Module]:
-    """Return the shared parametrized class of the module class ``base``."""
-    cls = _classes.get(base)
+def shared_class(base: type[nn.Module], names: Iterable[str]) -> type[nn.Module]:
+    """Return the shared class of modules of class ``base`` whose ``names`` are parametrized."""
+    key = (base, frozenset(names))
+    cls = _classes.get(key)
     if cls is None:
         meta = _metaclass(type(base))
-        namespace = {
+        namespace: dict[str, Any] = {
             "__module__": __name__,
             "__qualname__": f"Parametrized{base.__qualname__}",
             "__doc__": f"{base.__name__} with parametrized tensors (torch_constraints).",
             "__reduce_ex__": _reduce_ex,
             _FLAG: True,
         }
+        namespace.update((name, _Property.of(name)) for name in sorted(key[1]))
         cls = meta(f"Parametrized{base.__name__}", (base,), namespace)
-        _classes[base] = cls
+        _classes[key] = cls
     return cls
 
 
 def _rebuild(base: type[nn.Module], names: tuple[str, ...]) -> nn.Module:
     """Unpickle a module of a shared class (pickles refer to this function: keep its path)."""
-    cls = shared_class(base)
-    _add_properties(cls, names)
+    cls = shared_class(base, names)
     module: nn.Module = cls.__new__(cls)
     return module
 
@@ -120,12 +126,6 @@ def _is_pytorch_class(cls: type, names: Iterable[str]) -> bool:
     if set(cls.__dict__) - _PYTORCH_CLASS_KEYS != names:
         return False
     return all(isinstance(cls.__dict__[name], property) for name in names)
-
-
-def _add_properties(cls: type, names: Iterable[str]) -> None:
-    for name in names:
-        if not isinstance(cls.__dict__.get(name), _Property):
-            setattr(cls, name, _Property.of(name))
 
 
 def _metaclass(parent: type) -> type:
@@ -165,11 +165,10 @@ class _Property(property):
             if torch.jit.is_scripting():  # type: ignore[attr-defined]
                 raise RuntimeError("Parametrization is not working with scripting.")
             chains = cast(nn.ModuleDict, self.parametrizations)
-            if name not in chains:
+            if name not in chains:  # parametrized on another module of this class only
                 if name in self.__dict__:
                     return self.__dict__[name]
-                # Falls through to nn.Module.__getattr__ (parameters, buffers, modules).
-                raise AttributeError(name)
+                return nn.Module.__getattr__(self, name)  # parameters, buffers, modules
             chain = cast(ParametrizationList, chains[name])
             if getattr(parametrize, "_cache_enabled", 0):
                 if torch._C._get_tracing_state() is not None:

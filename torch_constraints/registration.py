@@ -353,7 +353,7 @@ def _remove(module: nn.Module, tensor_name: str, leave_constrained: bool) -> Non
             module, tensor_name, leave_parametrized=leave_constrained
         )
         _packing.release(getattr(module, tensor_name))
-        _detach_if_unconstrained(module)
+        _after_removal(module)
         _tracking.layout_changed()
         return
     leading = positions == list(range(len(positions)))
@@ -381,15 +381,16 @@ def _remove(module: nn.Module, tensor_name: str, leave_constrained: bool) -> Non
                 f"a remaining parametrization has no right_inverse ({error}); "
                 "pass leave_constrained=False"
             ) from None
-    _detach_if_unconstrained(module)
+    _after_removal(module)
     _tracking.layout_changed()
 
 
-def _detach_if_unconstrained(module: nn.Module) -> None:
+def _after_removal(module: nn.Module) -> None:
     if not parametrize.is_parametrized(module) or not any(
         our_constraints(module, name) for name in _parametrizations(module)
     ):
         _state_hooks.detach(module)
+    _classes.share(module)  # the class of the names still parametrized
 
 
 # ---------------------------------------------------------------------- helpers
