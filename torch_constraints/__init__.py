@@ -3,11 +3,13 @@
 ``constrain(model.fc, "weight", -1, 1)`` registers a clamp parametrization, so
 the forward pass always sees feasible values; ``hard_project(model)`` writes the
 projection back into the raw parameters in place, fused, after each optimizer
-step. See https://github.com/ for the documentation in ``docs/``.
+step. The documentation lives in ``docs/``; ``python -m torch_constraints.demo``
+trains a weight-clipped WGAN, ``python -m torch_constraints.bench`` measures.
 """
 
 from .base import Constraint
 from .box import Box, NonNeg
+from .checkpoint import CHECKPOINT_FORMAT, plain_state_dict
 from .hooks import project_after_step
 from .norm import MaxNorm, MinMaxNorm, UnitNorm
 from .projection import hard_project
@@ -18,6 +20,7 @@ from .sets import L1Ball, L2Ball, L2Sphere, LinfBall, Simplex
 __version__ = "0.1.0"
 
 __all__ = [
+    "CHECKPOINT_FORMAT",
     "Box",
     "Constraint",
     "L1Ball",
@@ -35,6 +38,7 @@ __all__ = [
     "get",
     "hard_project",
     "named_constraints",
+    "plain_state_dict",
     "project_after_step",
     "serialize",
     "unconstrain",

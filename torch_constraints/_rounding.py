@@ -12,22 +12,39 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import Tensor
 
 __all__ = ["inward_scalar", "inward_tensor", "just_outside"]
 
+F = TypeVar("F", bound=Callable[..., Any])
 
-@functools.lru_cache(maxsize=1024)
+
+def _constant_for_compile(fn: F) -> F:
+    """Let ``torch.compile`` call ``fn`` while tracing and use its result as a constant."""
+    return cast(F, torch.compiler.assume_constant_result(fn))  # type: ignore[no-untyped-call]
+
+
+@_constant_for_compile
 def inward_scalar(value: float, dtype: torch.dtype, *, lower: bool) -> float:
     """Return the representable value of ``dtype`` nearest ``value`` on the feasible side.
+
+    A pure function of Python constants: ``torch.compile`` evaluates it while
+    tracing and puts the result into the graph as a constant.
 
     Args:
         value: the requested bound.
         dtype: the floating-point dtype of the constrained tensor.
         lower: ``True`` for a lower bound (round up), ``False`` for an upper bound.
     """
+    return _inward_scalar(value, dtype, lower)
+
+
+@functools.lru_cache(maxsize=1024)
+def _inward_scalar(value: float, dtype: torch.dtype, lower: bool) -> float:
     rounded = inward_tensor(torch.tensor(value, dtype=torch.float64), dtype, lower=lower)
     return float(rounded)
 
@@ -47,9 +64,17 @@ def inward_tensor(bound: Tensor, dtype: torch.dtype, *, lower: bool) -> Tensor:
     return torch.where(outside, torch.nextafter(rounded, toward), rounded)
 
 
-@functools.lru_cache(maxsize=1024)
+@_constant_for_compile
 def just_outside(value: float | None, dtype: torch.dtype, *, below: bool) -> float:
-    """Return the neighbour of ``value`` in ``dtype`` just below or above it (None: unbounded)."""
+    """Return the neighbour of ``value`` in ``dtype`` just below or above it (None: unbounded).
+
+    Like :func:`inward_scalar`, a constant for ``torch.compile``.
+    """
+    return _just_outside(value, dtype, below)
+
+
+@functools.lru_cache(maxsize=1024)
+def _just_outside(value: float | None, dtype: torch.dtype, below: bool) -> float:
     if value is None:
         return -math.inf if below else math.inf
     toward = torch.tensor(-math.inf if below else math.inf, dtype=dtype)

@@ -21,6 +21,7 @@ the data pointers of the raw tensors with the plan's.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from . import _kernels, _packing, _tracking
+from . import _distributed, _kernels, _packing, _tracking
 from .base import Constraint, SkipRecord, state_of
 from .registration import constrained_slots
 
@@ -115,6 +116,7 @@ class _Plan:
         packed = {id(t) for p in packs for t in p.tensors}
         self.groups = _groups([t for t in targets if id(t.tensor) not in packed])
         self.recorders = _recorders(targets)
+        self.sharded = _distributed.any_dtensor(self.tensors)  # FSDP2 (see _distributed)
 
     @classmethod
     def build(cls, module: nn.Module, *, pack: bool, previous: _Plan | None) -> _Plan:
@@ -155,9 +157,10 @@ class _Plan:
             for run in p.runs:
                 for constraint in run.constraints:
                     constraint.project_(run.view)
-        for group in self.groups:
-            for constraint in group.constraints:
-                constraint.project_many_(group.tensors, foreach=foreach)
+        with _distributed.plain_tensors_replicated() if self.sharded else contextlib.nullcontext():
+            for group in self.groups:
+                for constraint in group.constraints:
+                    constraint.project_many_(group.tensors, foreach=foreach)
         for record, tensor in self.recorders:
             record.projected = state_of(tensor)
 

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrize import ParametrizationList
 
-from . import _packing, _tracking, registry
+from . import _classes, _packing, _state_hooks, _tracking, registry
 from .base import Constraint
 from .box import Box
 from .functional import Bound
@@ -336,6 +336,8 @@ def _prepare(
 def _register(module: nn.Module, tensor_name: str, constraint: Constraint) -> None:
     stacked = parametrize.is_parametrized(module, tensor_name)
     parametrize.register_parametrization(module, tensor_name, constraint)
+    _classes.share(module)  # one class per module type: compiles once, pickles
+    _state_hooks.attach(module)  # loads plain checkpoints, records the format
     # Registration runs the forward once as a consistency check; that is not a use.
     constraint._skip.used_in_forward = False
     if stacked:
@@ -356,6 +358,7 @@ def _remove(module: nn.Module, tensor_name: str, leave_constrained: bool) -> Non
             module, tensor_name, leave_parametrized=leave_constrained
         )
         _packing.release(getattr(module, tensor_name))
+        _after_removal(module)
         _tracking.layout_changed()
         return
     leading = positions == list(range(len(positions)))
@@ -383,7 +386,16 @@ def _remove(module: nn.Module, tensor_name: str, leave_constrained: bool) -> Non
                 f"a remaining parametrization has no right_inverse ({error}); "
                 "pass leave_constrained=False"
             ) from None
+    _after_removal(module)
     _tracking.layout_changed()
+
+
+def _after_removal(module: nn.Module) -> None:
+    if not parametrize.is_parametrized(module) or not any(
+        our_constraints(module, name) for name in _parametrizations(module)
+    ):
+        _state_hooks.detach(module)
+    _classes.share(module)  # the class of the names still parametrized
 
 
 # ---------------------------------------------------------------------- helpers

@@ -1,0 +1,275 @@
+"""DDP and FSDP2 on the CPU: two gloo processes each, with a deadline instead of a hang.
+
+DDP: the model is constrained before it is wrapped; after every optimizer step
+(``project_after_step``) all ranks hold identical parameters, every constrained
+raw value is feasible, and the result is that of one process on the whole batch.
+``hard_project`` packs the raw tensors into flat buffers under DDP too, before or
+after wrapping.
+
+FSDP2: the raw tensors are DTensors sharded on dim 0; ``hard_project`` clamps each
+shard (tensor bounds included) and norm-like projections written with ordinary
+torch operations reduce across shards, so the result equals the projection of the
+full tensor in one process.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import Tensor, nn
+
+from torch_constraints import (
+    Box,
+    Constraint,
+    constrain,
+    constrain_all,
+    hard_project,
+    project_after_step,
+)
+from torch_constraints._rounding import inward_scalar
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo"
+    ),
+]
+
+WORLD = 2
+DEADLINE_S = 90.0
+STEPS = 5
+
+
+def run_workers(worker: Any, tmp_path: Path, *args: Any) -> None:
+    """Run ``worker(rank, store, *args)`` in WORLD processes; fail on error or past the deadline."""
+    store = str(tmp_path / "store")
+    context = mp.start_processes(
+        worker, args=(store, *args), nprocs=WORLD, join=False, start_method="spawn"
+    )
+    deadline = time.monotonic() + DEADLINE_S
+    while not context.join(timeout=1.0):  # raises if a worker failed
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                if process.is_alive():
+                    process.kill()
+            pytest.fail(f"{worker.__name__} did not finish within {DEADLINE_S:.0f} s (a hang?)")
+
+
+def init(rank: int, store: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{store}",
+        rank=rank,
+        world_size=WORLD,
+        timeout=timedelta(seconds=30),
+    )
+
+
+def shutdown() -> None:
+    """Destroy the process group once nothing holds it: the DDP reducer and FSDP state are gone.
+
+    (Destroying it first leaves the reducer with the last reference; freeing the
+    reducer then joins gloo's thread while holding the GIL, which deadlocks.) On a
+    failure a worker exits without this: the parent stops the other rank.
+    """
+    gc.collect()
+    dist.destroy_process_group()
+
+
+def batch(step: int, rank: int) -> tuple[Tensor, Tensor]:
+    generator = torch.Generator().manual_seed(1000 * step + rank)
+    x = torch.randn(8, 6, generator=generator) * 3
+    return x, torch.sin(x.sum(1, keepdim=True))
+
+
+def global_batch(step: int) -> tuple[Tensor, Tensor]:
+    parts = [batch(step, rank) for rank in range(WORLD)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def assert_same_on_all_ranks(tensors: list[Tensor], what: str) -> None:
+    flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+    gathered = [torch.empty_like(flat) for _ in range(WORLD)]
+    dist.all_gather(gathered, flat)
+    for rank, other in enumerate(gathered):
+        assert torch.equal(other, gathered[0]), f"{what}: rank {rank} differs from rank 0"
+
+
+# ----------------------------------------------------------------------------- DDP
+ROW_UPPER = torch.linspace(0.05, 0.4, 16, dtype=torch.float64).unsqueeze(1)
+
+
+def ddp_model() -> nn.Sequential:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 1)
+    )
+    constrain_all(model, -0.1, 0.1, include=lambda name, module, tensor: name != "0.weight")
+    constrain(model[0], "weight", Box(min=-ROW_UPPER, max=ROW_UPPER))
+    return model
+
+
+def assert_feasible_ddp(model: nn.Sequential) -> None:
+    raw = {n: p.detach().double() for n, p in model.named_parameters()}
+    first = raw.pop("0.parametrizations.weight.original")
+    assert (first.abs() <= ROW_UPPER).all()
+    assert all((t.abs() <= 0.1).all() for t in raw.values())
+
+
+def ddp_worker(rank: int, store: str) -> None:
+    init(rank, store)
+    for pack_before_wrapping, bucket_view in [(False, False), (True, True)]:
+        train_ddp(rank, pack_before_wrapping, bucket_view)
+    shutdown()
+
+
+def train_ddp(rank: int, pack_before_wrapping: bool, bucket_view: bool) -> None:
+    from torch.nn.parallel import DistributedDataParallel
+
+    model = ddp_model()
+    reference = copy.deepcopy(model)
+    if pack_before_wrapping:
+        hard_project(model)
+    ddp = DistributedDataParallel(model, gradient_as_bucket_view=bucket_view)
+    optimizer = torch.optim.SGD(ddp.parameters(), lr=0.3, momentum=0.9)
+    project_after_step(optimizer, ddp)
+    ref_optimizer = torch.optim.SGD(reference.parameters(), lr=0.3, momentum=0.9)
+    project_after_step(ref_optimizer, reference)
+    for step in range(STEPS):
+        x, y = batch(step, rank)
+        optimizer.zero_grad()
+        nn.functional.mse_loss(ddp(x), y).backward()
+        optimizer.step()
+        gx, gy = global_batch(step)
+        ref_optimizer.zero_grad()
+        nn.functional.mse_loss(reference(gx), gy).backward()
+        ref_optimizer.step()
+        assert_same_on_all_ranks(list(model.parameters()), f"step {step}")
+        assert_feasible_ddp(model)
+        for a, b in zip(model.parameters(), reference.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    raws = [p for n, p in model.named_parameters() if n.endswith("original")]
+    storages = {p.untyped_storage().data_ptr() for p in raws}
+    assert len(storages) == 1, "hard_project packs the raw tensors under DDP"
+    bound = inward_scalar(0.1, torch.float32, lower=False)
+    assert sum(int((p.abs() == bound).sum()) for p in raws[1:]) > 0, "clipping was active"
+
+
+def test_ddp_keeps_ranks_identical_and_constrained(tmp_path: Path) -> None:
+    run_workers(ddp_worker, tmp_path)
+
+
+# ----------------------------------------------------------------------------- FSDP2
+class ColumnNormBall(Constraint):
+    """Test-only: every column (a reduction over dim 0, across FSDP2 shards) of norm <= 1."""
+
+    def project(self, x: Tensor) -> Tensor:
+        norms = torch.linalg.vector_norm(x, dim=0, keepdim=True)
+        return x * torch.clamp(1.0 / norms, max=1.0)
+
+
+class FrobeniusBall(Constraint):
+    """Test-only: the whole tensor of norm <= radius."""
+
+    def __init__(self, radius: float) -> None:
+        super().__init__()
+        self.radius = radius
+
+    def project(self, x: Tensor) -> Tensor:
+        return x * torch.clamp(self.radius / torch.linalg.vector_norm(x), max=1.0)
+
+
+FSDP_ROW_UPPER = torch.linspace(0.05, 0.4, 8, dtype=torch.float64).unsqueeze(1)
+
+
+def fsdp_model() -> nn.Sequential:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 1))
+    constrain(model[0], "weight", Box(min=-FSDP_ROW_UPPER, max=FSDP_ROW_UPPER))
+    constrain(model[0], "bias", -0.1, 0.1)
+    # Straight through: the gradient of a projection onto a sphere has a kink right at
+    # the sphere, where sharded and unsharded norms differ by rounding.
+    constrain(model[2], "weight", ColumnNormBall(), straight_through=True)
+    constrain(model[4], "weight", FrobeniusBall(0.5), straight_through=True)  # rank 1: no rows
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(5.0)  # start outside every set
+    return model
+
+
+def full(tensor: Tensor) -> Tensor:
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+def assert_feasible_fsdp(named: dict[str, Tensor]) -> None:
+    w0 = named["0.parametrizations.weight.original"].double()
+    assert (w0.abs() <= FSDP_ROW_UPPER).all()
+    assert (named["0.parametrizations.bias.original"].double().abs() <= 0.1).all()
+    columns = torch.linalg.vector_norm(named["2.parametrizations.weight.original"].double(), dim=0)
+    assert (columns <= 1 + 1e-6).all(), columns
+    assert torch.linalg.vector_norm(named["4.parametrizations.weight.original"]) <= 0.5 + 1e-6
+
+
+def fsdp_worker(rank: int, store: str) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+
+    init(rank, store)
+    train_fsdp(rank, init_device_mesh("cpu", (WORLD,)))
+    shutdown()
+
+
+def train_fsdp(rank: int, mesh: Any) -> None:
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor, Shard
+
+    model = fsdp_model()
+    reference = copy.deepcopy(model)
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    for name, p in model.named_parameters():
+        assert isinstance(p, DTensor) and p.placements == (Shard(0),), name
+    # hard_project on the shards equals hard_project on the full tensors
+    hard_project(model)
+    hard_project(reference)
+    for (name, p), ref in zip(model.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(full(p), ref.detach(), rtol=1e-6, atol=1e-7, msg=name)
+    named = {n: full(p).detach() for n, p in model.named_parameters()}
+    assert_feasible_fsdp(named)
+    assert torch.allclose(
+        torch.linalg.vector_norm(named["2.parametrizations.weight.original"], dim=0),
+        torch.ones(8),
+    ), "every column was scaled back onto the sphere"
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.3)
+    project_after_step(optimizer, model)
+    ref_optimizer = torch.optim.SGD(reference.parameters(), lr=0.3)
+    project_after_step(ref_optimizer, reference)
+    for step in range(STEPS):
+        x, y = batch(step, rank)
+        optimizer.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+        gx, gy = global_batch(step)
+        ref_optimizer.zero_grad()
+        nn.functional.mse_loss(reference(gx), gy).backward()
+        ref_optimizer.step()
+        named = {n: full(p).detach() for n, p in model.named_parameters()}
+        assert_feasible_fsdp(named)
+        for (name, value), ref in zip(named.items(), reference.parameters(), strict=True):
+            torch.testing.assert_close(value, ref.detach(), rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_fsdp2_hard_project_on_sharded_parameters(tmp_path: Path) -> None:
+    pytest.importorskip("torch.distributed.fsdp", reason="needs FSDP2")
+    run_workers(fsdp_worker, tmp_path)

@@ -1,0 +1,200 @@
+"""One parametrized class per module class: compiled once, picklable, copyable.
+
+:func:`torch.nn.utils.parametrize.register_parametrization` moves every module it
+parametrizes to a class of its own, created on the fly (``ParametrizedLinear``).
+Two things break on that:
+
+* ``torch.compile`` guards on the class of each module it traces. Compiling the
+  blocks of a model one by one (regional compilation, ``block.compile()``)
+  recompiles for every block, and past ``torch._dynamo.config.recompile_limit``
+  (8) runs the rest in eager mode;
+* ``pickle`` and ``torch.save(model)`` cannot find the class by name, and PyTorch
+  gives it a ``__getstate__`` that raises.
+
+:func:`share` therefore moves a module this library constrains to a class shared
+by all modules of the same original class with the same parametrized tensor
+names: every ``Linear`` whose ``weight`` alone is parametrized has one class,
+``ParametrizedLinear``. Its properties are PyTorch's, with two differences: the
+cache of :func:`torch.nn.utils.parametrize.cached` is keyed on the module reading
+it (PyTorch's is keyed on the module the property was made for), and a module of
+the class whose tensor of that name is not parametrized reads and writes the
+plain attribute, as if the property were not there. The class pickles:
+``__reduce_ex__`` rebuilds it on load from the original class, which is
+importable, and the names.
+
+Code that calls PyTorch directly keeps editing the class it finds:
+``register_parametrization`` sets a property on it, ``remove_parametrizations``
+deletes one. On a shared class, a metaclass turns the first into a shared property
+(which other modules of the class read through to their plain attribute) and
+ignores the second (the module that dropped its parametrization now reads through
+the property to its plain attribute). :func:`share` moves such a module to the
+class of its names the next time this library changes its constraints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, cast
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrize import ParametrizationList
+
+__all__ = ["is_shared", "share", "shared_class"]
+
+_FLAG = "_torch_constraints_shared"
+
+#: What PyTorch's own per-module class holds besides one property per tensor.
+_PYTORCH_CLASS_KEYS = frozenset(
+    {"__module__", "__qualname__", "__doc__", "__getstate__", "__deepcopy__", "__dict__"}
+    | {"__weakref__"}
+)
+
+_metaclasses: dict[type, type] = {}  # for module classes with a metaclass of their own
+_classes: dict[tuple[type, frozenset[str]], type] = {}
+
+
+def share(module: nn.Module) -> None:
+    """Move ``module`` to the shared class of its original class and parametrized names.
+
+    Called after this library adds or removes a constraint. Leaves alone modules
+    whose class was made by anyone but PyTorch's parametrize or this module (or that
+    holds anything else): those keep working as they are.
+    """
+    cls = type(module)
+    names = frozenset(_parametrized_names(module))
+    if not names:
+        return
+    if is_shared(cls):
+        if _FLAG not in cls.__dict__:
+            return  # a class derived from a shared one (FSDP2's): not ours to change
+    elif not _is_pytorch_class(cls, names):
+        return
+    module.__class__ = shared_class(cls.__bases__[0], names)
+
+
+def is_shared(cls: type) -> bool:
+    """Whether ``cls`` is a shared parametrized class (or a class derived from one)."""
+    return bool(getattr(cls, _FLAG, False))
+
+
+def shared_class(base: type[nn.Module], names: Iterable[str]) -> type[nn.Module]:
+    """Return the shared class of modules of class ``base`` whose ``names`` are parametrized."""
+    key = (base, frozenset(names))
+    cls = _classes.get(key)
+    if cls is None:
+        meta = _metaclass(type(base))
+        namespace: dict[str, Any] = {
+            "__module__": __name__,
+            "__qualname__": f"Parametrized{base.__qualname__}",
+            "__doc__": f"{base.__name__} with parametrized tensors (torch_constraints).",
+            "__reduce_ex__": _reduce_ex,
+            _FLAG: True,
+        }
+        namespace.update((name, _Property.of(name)) for name in sorted(key[1]))
+        cls = meta(f"Parametrized{base.__name__}", (base,), namespace)
+        _classes[key] = cls
+    return cls
+
+
+def _rebuild(base: type[nn.Module], names: tuple[str, ...]) -> nn.Module:
+    """Unpickle a module of a shared class (pickles refer to this function: keep its path)."""
+    cls = shared_class(base, names)
+    module: nn.Module = cls.__new__(cls)
+    return module
+
+
+def _reduce_ex(self: nn.Module, protocol: Any) -> Any:
+    cls = type(self)
+    if _FLAG not in cls.__dict__:  # a class derived from the shared one (FSDP2's): the default
+        return object.__reduce_ex__(self, protocol)
+    getstate = getattr(self, "__getstate__", None)
+    state = getstate() if getstate is not None else self.__dict__
+    return _rebuild, (cls.__bases__[0], tuple(_parametrized_names(self))), state
+
+
+def _parametrized_names(module: nn.Module) -> list[str]:
+    chains = module.__dict__.get("_modules", {}).get("parametrizations")
+    return list(chains.keys()) if isinstance(chains, nn.ModuleDict) else []
+
+
+def _is_pytorch_class(cls: type, names: Iterable[str]) -> bool:
+    if cls.__module__ != parametrize.__name__ or len(cls.__bases__) != 1:
+        return False
+    names = set(names)
+    if set(cls.__dict__) - _PYTORCH_CLASS_KEYS != names:
+        return False
+    return all(isinstance(cls.__dict__[name], property) for name in names)
+
+
+def _metaclass(parent: type) -> type:
+    if parent is type:
+        return _SharedMeta
+    meta = _metaclasses.get(parent)
+    if meta is None:
+        meta = type(f"Shared{parent.__name__}", (_SharedMeta, parent), {"__module__": __name__})
+        _metaclasses[parent] = meta
+    return meta
+
+
+class _SharedMeta(type):
+    """The metaclass of shared classes: keeps PyTorch from editing them for one module."""
+
+    def __setattr__(cls, name: str, value: Any) -> None:
+        # register_parametrization sets a property made for one module: use the shared one.
+        if isinstance(value, property) and not isinstance(value, _Property):
+            if getattr(value.fget, "__module__", None) == parametrize.__name__:
+                value = _Property.of(name)
+        super().__setattr__(name, value)
+
+    def __delattr__(cls, name: str) -> None:
+        if isinstance(cls.__dict__.get(name), _Property):
+            return  # remove_parametrizations on one module: others may still use it
+        super().__delattr__(name)
+
+
+class _Property(property):
+    """``module.<name>``: the parametrized value if ``name`` is parametrized, else the attribute."""
+
+    tensor_name: str
+
+    @classmethod
+    def of(cls, name: str) -> _Property:
+        def get(self: nn.Module) -> Any:
+            if torch.jit.is_scripting():  # type: ignore[attr-defined]
+                raise RuntimeError("Parametrization is not working with scripting.")
+            chains = cast(nn.ModuleDict, self.parametrizations)
+            if name not in chains:  # parametrized on another module of this class only
+                if name in self.__dict__:
+                    return self.__dict__[name]
+                return nn.Module.__getattr__(self, name)  # parameters, buffers, modules
+            chain = cast(ParametrizationList, chains[name])
+            if getattr(parametrize, "_cache_enabled", 0):
+                if torch._C._get_tracing_state() is not None:
+                    raise RuntimeError("Cannot trace a model while caching parametrizations.")
+                cache: dict[tuple[int, str], Any] = parametrize._cache
+                key = (id(self), name)
+                tensor = cache.get(key)
+                if tensor is None:
+                    tensor = cache[key] = chain()
+                return tensor
+            return chain()
+
+        def set_(self: nn.Module, value: Any) -> None:
+            if torch.jit.is_scripting():  # type: ignore[attr-defined]
+                raise RuntimeError("Parametrization is not working with scripting.")
+            chains = cast(nn.ModuleDict, self.parametrizations)
+            if name in chains:
+                cast(ParametrizationList, chains[name]).right_inverse(value)
+            else:
+                self.__dict__[name] = value
+
+        def delete(self: nn.Module) -> None:
+            if name in cast(nn.ModuleDict, self.parametrizations) or name not in self.__dict__:
+                raise AttributeError(f"cannot delete attribute {name!r}")
+            del self.__dict__[name]
+
+        prop = cls(get, set_, delete, f"The parametrized tensor {name!r}.")
+        prop.tensor_name = name
+        return prop
