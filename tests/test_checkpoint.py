@@ -9,6 +9,7 @@ import re
 
 import pytest
 import torch
+from helpers import Double, Shift, raw
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -25,19 +26,6 @@ from torch_constraints import (
 from torch_constraints._rounding import inward_scalar
 
 
-class Double(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return 2 * x
-
-    def right_inverse(self, x: torch.Tensor) -> torch.Tensor:
-        return x / 2
-
-
-class Shift(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + 1
-
-
 def net(seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Sequential:
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3), nn.LayerNorm(3))
@@ -45,10 +33,6 @@ def net(seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Sequential:
         for p in model.parameters():
             p.mul_(5.0)  # many values outside the bounds below
     return model.to(dtype)
-
-
-def raw(module: nn.Module, name: str = "weight") -> torch.Tensor:
-    return module.parametrizations[name].original  # type: ignore[no-any-return]
 
 
 def constrained(seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Sequential:

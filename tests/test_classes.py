@@ -6,19 +6,12 @@ import pickle
 
 import pytest
 import torch
+from helpers import Double
 from torch import nn
 from torch.nn.utils import parametrize
 
 from torch_constraints import Box, constrain, constrain_all, unconstrain
 from torch_constraints._classes import is_shared, shared_class
-
-
-class Double(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return 2 * x
-
-    def right_inverse(self, x: torch.Tensor) -> torch.Tensor:
-        return x / 2
 
 
 class TwoTensors(nn.Module):

@@ -8,6 +8,7 @@ import pickle
 
 import pytest
 import torch
+from helpers import raw
 from torch import nn
 from torch.func import functional_call
 
@@ -35,10 +36,6 @@ def model(seed: int = 0) -> nn.Sequential:
     constrain_all(net, -0.5, 0.5, include={"weight"})
     constrain(net[0], "bias", Box(min=-UPPER, max=UPPER))
     return net
-
-
-def raw(module: nn.Module, name: str = "weight") -> torch.Tensor:
-    return module.parametrizations[name].original  # type: ignore[no-any-return]
 
 
 def raw_tensors(net: nn.Module) -> dict[str, torch.Tensor]:

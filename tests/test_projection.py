@@ -7,6 +7,7 @@ import itertools
 
 import pytest
 import torch
+from helpers import raw
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
@@ -35,10 +36,6 @@ PATHS = [
     pytest.param({"pack": False, "foreach": True}, id="foreach"),
     pytest.param({"pack": False, "foreach": False}, id="loop"),
 ]
-
-
-def raw(module: nn.Module, name: str = "weight") -> torch.Tensor:
-    return module.parametrizations[name].original  # type: ignore[no-any-return]
 
 
 def projected_slots(model: nn.Module) -> list[Slot]:

@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+from helpers import Double, Shift, raw
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -21,33 +22,12 @@ from torch_constraints import (
 )
 
 
-class Double(nn.Module):
-    """A foreign parametrization with a right_inverse."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return 2 * x
-
-    def right_inverse(self, x: torch.Tensor) -> torch.Tensor:
-        return x / 2
-
-
-class Shift(nn.Module):
-    """A foreign parametrization without a right_inverse."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + 1
-
-
 def linear(seed: int = 0, scale: float = 3.0) -> nn.Linear:
     torch.manual_seed(seed)
     layer = nn.Linear(4, 3)
     with torch.no_grad():
         layer.weight.mul_(scale / layer.weight.abs().max())
     return layer
-
-
-def raw(module: nn.Module, name: str = "weight") -> torch.Tensor:
-    return module.parametrizations[name].original  # type: ignore[no-any-return]
 
 
 # --------------------------------------------------------------------------- constrain
