@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -26,50 +28,63 @@ def raw_values(net: nn.Module) -> list[torch.Tensor]:
     return [p.detach() for p in net.parameters()]
 
 
-def test_blog_scenario_weight_clipping_after_every_sgd_step() -> None:
-    net, (x, y) = model(), data()
-    clip = 0.5
-    names = constrain_all(net, -clip, clip)
-    assert len(names) == 6
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.2, momentum=0.9)
-    project_after_step(optimizer, net)
+def train(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+    after_step: Callable[[], None] = lambda: None,
+) -> list[float]:
+    """Fit the regression data; call ``after_step`` after each step; return the losses."""
+    x, y = data()
     losses = []
-    for _ in range(40):
+    for _ in range(steps):
         optimizer.zero_grad()
         loss = nn.functional.mse_loss(net(x), y)
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-        # every constrained raw value, not just the forward view, is in range
+        after_step()
+    return losses
+
+
+def linear_weights_within(net: nn.Module, bound: float) -> bool:
+    return all(layer.weight.abs().max() <= bound for layer in net if isinstance(layer, nn.Linear))
+
+
+def test_blog_scenario_weight_clipping_after_every_sgd_step() -> None:
+    net = model()
+    clip = 0.5
+    names = constrain_all(net, -clip, clip)
+    assert len(names) == 6
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.2, momentum=0.9)
+    project_after_step(optimizer, net)
+
+    def every_raw_value_in_range() -> None:  # not just the forward view
         assert all(p.abs().max() <= clip for p in raw_values(net))
+
+    losses = train(net, optimizer, 40, every_raw_value_in_range)
     assert losses[-1] < 0.5 * losses[0]
     # the clip range is active: some weights sit exactly on a bound
     assert any((p.abs() == torch.tensor(clip)).any() for p in raw_values(net))
 
 
 def test_forward_constraint_alone_keeps_every_forward_pass_feasible() -> None:
-    net, (x, y) = model(), data()
+    net = model()
     constrain_all(net, -0.2, 0.2, include=(nn.Linear,))
     optimizer = torch.optim.Adam(net.parameters(), lr=0.05)
-    for _ in range(20):
-        optimizer.zero_grad()
-        nn.functional.mse_loss(net(x), y).backward()
-        optimizer.step()
-        assert all(layer.weight.abs().max() <= 0.2 for layer in net if isinstance(layer, nn.Linear))
+
+    def forward_values_in_range() -> None:
+        assert linear_weights_within(net, 0.2)
+
+    train(net, optimizer, 20, forward_values_in_range)
     hard_project(net)
     assert all(p.abs().max() <= 0.2 for p in raw_values(net))
 
 
 def test_straight_through_training_learns() -> None:
-    net, (x, y) = model(), data()
+    net = model()
     constrain_all(net, -0.5, 0.5, straight_through=True)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.2, momentum=0.9)
-    losses = []
-    for _ in range(40):
-        optimizer.zero_grad()
-        loss = nn.functional.mse_loss(net(x), y)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train(net, optimizer, 40)
     assert losses[-1] < 0.5 * losses[0]
-    assert all(layer.weight.abs().max() <= 0.5 for layer in net if isinstance(layer, nn.Linear))
+    assert linear_weights_within(net, 0.5)
