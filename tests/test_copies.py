@@ -171,13 +171,19 @@ def test_meta_build_then_to_empty_and_init_of_the_raw_tensors() -> None:
     assert torch.isfinite(net(torch.randn(3, 4))).all()
 
 
-def test_tensor_bounds_after_to_empty_come_back_from_a_checkpoint() -> None:
-    # Tensor bounds are buffers: to_empty() leaves them uninitialized, like all buffers.
-    source = model(seed=1)
+def meta_model() -> nn.Sequential:
+    """The constrained model of these tests, built on the meta device (tensor bounds too)."""
     with torch.device("meta"):
         net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
         constrain_all(net, -0.5, 0.5, include={"weight"})
         constrain(net[0], "bias", Box(min=-torch.ones(8), max=torch.ones(8)))
+    return net
+
+
+def test_tensor_bounds_after_to_empty_come_back_from_a_checkpoint() -> None:
+    # Tensor bounds are buffers: to_empty() leaves them uninitialized, like all buffers.
+    source = model(seed=1)
+    net = meta_model()
     net.to_empty(device="cpu")
     net.load_state_dict(source.state_dict())
     assert_same_model(source, net)
@@ -185,10 +191,7 @@ def test_tensor_bounds_after_to_empty_come_back_from_a_checkpoint() -> None:
 
 def test_meta_build_then_load_with_assign() -> None:
     source = model(seed=2)
-    with torch.device("meta"):
-        net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
-        constrain_all(net, -0.5, 0.5, include={"weight"})
-        constrain(net[0], "bias", Box(min=-torch.ones(8), max=torch.ones(8)))
+    net = meta_model()
     net.load_state_dict(source.state_dict(), assign=True)
     assert not raw(net[0]).is_meta
     assert_same_model(source, net)

@@ -97,6 +97,25 @@ def global_batch(step: int) -> tuple[Tensor, Tensor]:
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    reference: nn.Module,
+    ref_optimizer: torch.optim.Optimizer,
+    step: int,
+    rank: int,
+) -> None:
+    """One step of the distributed model on this rank's batch, and of the reference on all."""
+    x, y = batch(step, rank)
+    optimizer.zero_grad()
+    nn.functional.mse_loss(model(x), y).backward()
+    optimizer.step()
+    gx, gy = global_batch(step)
+    ref_optimizer.zero_grad()
+    nn.functional.mse_loss(reference(gx), gy).backward()
+    ref_optimizer.step()
+
+
 def assert_same_on_all_ranks(tensors: list[Tensor], what: str) -> None:
     flat = torch.cat([t.detach().reshape(-1) for t in tensors])
     gathered = [torch.empty_like(flat) for _ in range(WORLD)]
@@ -146,14 +165,7 @@ def train_ddp(rank: int, pack_before_wrapping: bool, bucket_view: bool) -> None:
     ref_optimizer = torch.optim.SGD(reference.parameters(), lr=0.3, momentum=0.9)
     project_after_step(ref_optimizer, reference)
     for step in range(STEPS):
-        x, y = batch(step, rank)
-        optimizer.zero_grad()
-        nn.functional.mse_loss(ddp(x), y).backward()
-        optimizer.step()
-        gx, gy = global_batch(step)
-        ref_optimizer.zero_grad()
-        nn.functional.mse_loss(reference(gx), gy).backward()
-        ref_optimizer.step()
+        train_step(ddp, optimizer, reference, ref_optimizer, step, rank)
         assert_same_on_all_ranks(list(model.parameters()), f"step {step}")
         assert_feasible_ddp(model)
         for a, b in zip(model.parameters(), reference.parameters(), strict=True):
@@ -256,14 +268,7 @@ def train_fsdp(rank: int, mesh: Any) -> None:
     ref_optimizer = torch.optim.SGD(reference.parameters(), lr=0.3)
     project_after_step(ref_optimizer, reference)
     for step in range(STEPS):
-        x, y = batch(step, rank)
-        optimizer.zero_grad()
-        nn.functional.mse_loss(model(x), y).backward()
-        optimizer.step()
-        gx, gy = global_batch(step)
-        ref_optimizer.zero_grad()
-        nn.functional.mse_loss(reference(gx), gy).backward()
-        ref_optimizer.step()
+        train_step(model, optimizer, reference, ref_optimizer, step, rank)
         named = {n: full(p).detach() for n, p in model.named_parameters()}
         assert_feasible_fsdp(named)
         for (name, value), ref in zip(named.items(), reference.parameters(), strict=True):
