@@ -58,3 +58,25 @@ def test_without_grad_both_return_plain_values() -> None:
     x = torch.randn(4)
     assert torch.equal(clamp(x, -0.1, 0.1), x.clamp(-0.1, 0.1))
     assert straight_through(x, x.clamp(0, 1)).grad_fn is None
+
+
+def test_under_functorch_transforms_the_gradients_are_the_eager_ones() -> None:
+    # Eager calls use classic Functions; torch.func transforms need the
+    # setup_context forms. Both must give the same pinned gradients.
+    x = torch.tensor([-2.0, -1.0, 0.0, 1.0, 2.0])
+    weights = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+    eager = x.clone().requires_grad_()
+    (clamp(eager, -1.0, 1.0) * weights).sum().backward()
+    transformed = torch.func.grad(lambda t: (clamp(t, -1.0, 1.0) * weights).sum())(x)
+    assert eager.grad is not None and torch.equal(transformed, eager.grad)
+
+    projected = x.clamp(-0.5, 0.5)
+    through = torch.func.grad(lambda t: (straight_through(t, projected) * weights).sum())(x)
+    assert torch.equal(through, weights)
+
+
+def test_vmap_over_clamp_and_straight_through() -> None:
+    x = torch.randn(3, 4)
+    assert torch.equal(torch.vmap(lambda t: clamp(t, -0.1, 0.1))(x), x.clamp(-0.1, 0.1))
+    values = x.clamp(0, 1)
+    assert torch.equal(torch.vmap(straight_through)(x, values), values)
