@@ -41,6 +41,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrize import ParametrizationList
 
+from ._evaluate import evaluate
+
 __all__ = ["is_shared", "share", "shared_class"]
 
 _FLAG = "_torch_constraints_shared"
@@ -164,22 +166,24 @@ class _Property(property):
         def get(self: nn.Module) -> Any:
             if torch.jit.is_scripting():  # type: ignore[attr-defined]
                 raise RuntimeError("Parametrization is not working with scripting.")
-            chains = cast(nn.ModuleDict, self.parametrizations)
-            if name not in chains:  # parametrized on another module of this class only
+            # self.parametrizations[name], read from the dicts behind them: this runs
+            # on every access, so every microsecond counts on small GPU layers.
+            chains = self.__dict__["_modules"].get("parametrizations")
+            chain = chains._modules.get(name) if chains is not None else None
+            if chain is None:  # parametrized on another module of this class only
                 if name in self.__dict__:
                     return self.__dict__[name]
                 return nn.Module.__getattr__(self, name)  # parameters, buffers, modules
-            chain = cast(ParametrizationList, chains[name])
-            if getattr(parametrize, "_cache_enabled", 0):
+            if parametrize._cache_enabled:
                 if torch._C._get_tracing_state() is not None:
                     raise RuntimeError("Cannot trace a model while caching parametrizations.")
                 cache: dict[tuple[int, str], Any] = parametrize._cache
                 key = (id(self), name)
                 tensor = cache.get(key)
                 if tensor is None:
-                    tensor = cache[key] = chain()
+                    tensor = cache[key] = evaluate(chain)
                 return tensor
-            return chain()
+            return evaluate(chain)
 
         def set_(self: nn.Module, value: Any) -> None:
             if torch.jit.is_scripting():  # type: ignore[attr-defined]
