@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from . import _tracking
 from ._autograd import straight_through
 
-__all__ = ["Constraint", "SkipRecord", "state_of"]
+__all__ = ["Constraint", "SkipRecord", "recordable", "state_of"]
 
 C = TypeVar("C", bound="Constraint")
 
@@ -208,15 +208,24 @@ class SkipRecord:
 def state_of(x: Tensor) -> tuple[int, int, int] | None:
     """Identify ``x``'s storage and contents: (version counter, data pointer, optimizer steps).
 
-    ``None`` for tensors without a version counter or a plain storage (inference
-    tensors, tensor subclasses, functorch wrappers), which are never skipped.
+    ``None`` for tensors that are not :func:`recordable`, which are never skipped.
     """
+    if not recordable(x):
+        return None
+    return (x._version, x.data_ptr(), _tracking.optimizer_steps())
+
+
+def recordable(x: Tensor) -> bool:
+    """Whether :func:`state_of` can identify ``x``: a plain tensor or Parameter with a
+    version counter and a storage (not an inference tensor, a tensor subclass or a
+    functorch wrapper). Fixed for the lifetime of ``x``."""
     if type(x) not in (Tensor, nn.Parameter) or x.is_inference():
-        return None
+        return False
     try:
-        return (x._version, x.data_ptr(), _tracking.optimizer_steps())
+        x.data_ptr()
     except RuntimeError:
-        return None
+        return False
+    return True
 
 
 def _init_parameters(cls: type) -> list[str]:

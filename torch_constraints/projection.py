@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _distributed, _kernels, _packing, _tracking
-from .base import Constraint, SkipRecord, state_of
+from .base import Constraint, SkipRecord, recordable
 from .registration import constrained_slots
 
 __all__ = ["hard_project"]
@@ -161,8 +161,10 @@ class _Plan:
             for group in self.groups:
                 for constraint in group.constraints:
                     constraint.project_many_(group.tensors, foreach=foreach)
+        # base.state_of for each tensor, with the checks done once when the plan was built.
+        steps = _tracking.optimizer_steps()
         for record, tensor in self.recorders:
-            record.projected = state_of(tensor)
+            record.projected = (tensor._version, tensor.data_ptr(), steps)
 
 
 _plans: weakref.WeakKeyDictionary[nn.Module, _Plan] = weakref.WeakKeyDictionary()
@@ -233,4 +235,5 @@ def _recorders(targets: list[_Target]) -> list[tuple[SkipRecord, Tensor]]:
         if len(t.constraints) == 1
         and t.constraints[0].identity_on_feasible
         and t.constraints[0]._skip.used_in_forward
+        and recordable(t.tensor)
     ]
