@@ -4,6 +4,8 @@ Run from the repository root, with or without the package installed:
 
     PYTHONPATH=. python3 .ci/gpu_check.py [--out DIR] [--quick]
 
+(.ci/gpu_session.sh runs it, then the test suite, in one device session.)
+
 It needs only torch (no pytest: GPU machines may lack it). Checks, each against
 the plain per-tensor reference on the same device:
 

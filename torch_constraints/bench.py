@@ -302,6 +302,8 @@ MODES = [
     "plain forward",
     "straight-through forward",
 ]
+#: Not a training mode: hard_project alone, timed beside the steps, to show its share.
+PROJECTION_ALONE = "(hard_project alone)"
 TRAINING_TARGETS = {
     "forward + project_after_step": 1.05,
     "plain forward": 1.15,
@@ -338,15 +340,26 @@ def _training_step(
     return step
 
 
+def _projection_alone(
+    width: int, depth: int, device: str, dtype: torch.dtype
+) -> Callable[[], None]:
+    """hard_project of the MLP's weights: the part of a recommended step the hook adds."""
+    model = _mlp(width, depth, device, dtype)
+    constrain_all(model, -0.05, 0.05, include={"weight"})
+    hard_project(model)
+    return lambda: hard_project(model)
+
+
 def bench_training(device: str, rounds: int) -> list[TrainingResult]:
     results = []
     for name, width, depth, batch, dtype in TRAINING_CASES[
         "cuda" if device.startswith("cuda") else "cpu"
     ]:
         steps = {mode: _training_step(mode, width, depth, batch, device, dtype) for mode in MODES}
+        steps[PROJECTION_ALONE] = _projection_alone(width, depth, device, dtype)
         medians = _interleaved_medians(steps, device, rounds, warmup=3)
         base = medians["unconstrained"]
-        ratios = {mode: medians[mode] / base for mode in MODES}
+        ratios = {mode: medians[mode] / base for mode in steps}
         case = f"{name} {str(dtype).removeprefix('torch.')} batch {batch}"
         checks = [
             _check(f"{mode} vs unconstrained", ratios[mode], "<=", limit)
@@ -398,7 +411,7 @@ def _format_projection(result: ProjectionResult) -> Iterator[str]:
 def _format_training(result: TrainingResult) -> Iterator[str]:
     yield f"\ntraining step, {result.case}: forward + backward + SGD, every weight in [-0.05, 0.05]"
     yield f"  {'mode':<30}{'ms':>10}{'x unconstrained':>17}"
-    for mode in MODES:
+    for mode in [*MODES, PROJECTION_ALONE]:
         yield f"  {mode:<30}{result.seconds[mode] * 1e3:>10.3f}{result.ratios[mode]:>17.3f}"
     for check in result.checks:
         yield f"  {check}"

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# One device session on a machine with a CUDA GPU and PyTorch preinstalled (no network):
+#   bash .ci/gpu_session.sh OUT_DIR
+# 1. .ci/gpu_check.py: the CUDA paths against the reference, then the benchmark on CUDA
+#    (float32 and bfloat16), with JSON and a log in OUT_DIR;
+# 2. the test suite on that machine, CUDA-only tests included (the docs and demo
+#    tests need packages GPU images may lack, and run in CI).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${1:?usage: gpu_session.sh OUT_DIR}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+python3 -c 'import torch, platform; print("torch", torch.__version__, "python", platform.python_version())'
+timeout 330 python3 .ci/gpu_check.py --out "$out" 2>&1 | tee "$out/gpu_check.log"
+check=${PIPESTATUS[0]}
+timeout 180 python3 -m pytest -q -p no:cacheprovider -x \
+    --ignore tests/test_docs.py --ignore tests/test_doctests.py --ignore tests/test_demo.py \
+    >"$out/pytest.log" 2>&1
+tests=$?
+tail -n 25 "$out/pytest.log"
+echo "gpu_check exit $check, pytest exit $tests"
+[ "$check" -eq 0 ] && [ "$tests" -eq 0 ]

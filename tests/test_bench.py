@@ -1,0 +1,61 @@
+"""The shipped benchmark runs end to end and reports every row it promises.
+
+Timing stays out of the tests: this checks the table and the JSON, not the
+numbers. The parameter sets and the training case are shrunk to keep it fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from torch_constraints import bench
+
+
+@pytest.fixture
+def small_bench(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(bench.PARAMETER_SETS, "small-2000", lambda: [(8, 8)] * 20)
+    monkeypatch.setitem(bench.TRAINING_CASES, "cpu", [("mlp-2x16", 16, 2, 4, torch.float32)])
+
+
+def test_the_benchmark_prints_every_row_and_writes_json(
+    small_bench: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bench.json"
+    assert (
+        bench.main(["--device", "cpu", "--sets", "small-2000", "--rounds", "2", "--json", str(out)])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert printed.startswith("torch-constraints benchmark | torch ")
+    for row in [
+        "blog recipe",
+        "foreach pair",
+        "flat clamp_ (floor)",
+        "copy (ceiling)",
+        "hard_project",
+    ]:
+        assert row in printed
+    for mode in [*bench.MODES, bench.PROJECTION_ALONE]:
+        assert mode in printed
+    results = json.loads(out.read_text())
+    (projection,) = results["projection"]
+    assert projection["tensors"] == 20 and projection["elements"] == 20 * 64
+    assert len(projection["checks"]) == 1  # the CPU target for many small tensors
+    (training,) = results["training"]
+    assert training["ratios"]["unconstrained"] == 1.0
+    assert set(training["seconds"]) == {*bench.MODES, bench.PROJECTION_ALONE}
+    assert len(training["checks"]) == len(bench.TRAINING_TARGETS)
+
+
+def test_hard_project_in_the_benchmark_leaves_every_tensor_in_range(small_bench: None) -> None:
+    # The benchmark times hard_project on a packed set: its result must be the clamp.
+    constrained = bench.parameter_set("small-2000", "cpu", torch.float32)
+    reference = [p.detach().clamp(bench.LOW, bench.HIGH) for p in constrained.parameters()]
+    bench.constrain_all(constrained, bench.LOW, bench.HIGH)
+    bench.hard_project(constrained)
+    raws = [m.parametrizations.weight.original for m in constrained]
+    assert all(torch.equal(r, e) for r, e in zip(raws, reference, strict=True))
