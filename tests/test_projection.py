@@ -58,6 +58,10 @@ def raws(model: nn.Module) -> dict[str, torch.Tensor]:
     return {slot.qualname: slot.chain.original.detach().clone() for slot in projected_slots(model)}
 
 
+def is_packed(tensor: torch.Tensor) -> bool:
+    return tensor.untyped_storage().nbytes() > tensor.nbytes
+
+
 def scramble(model: nn.Module, scale: float = 3.0) -> None:
     """Move raw values outside their sets, as an optimizer step would."""
     with torch.no_grad():
@@ -200,6 +204,34 @@ def test_rebinding_data_is_noticed() -> None:
     assert raw(layer).max() == 1
 
 
+def test_a_rebound_pack_member_is_projected_once_and_repacked() -> None:
+    # MinMaxNorm with rate < 1 moves a norm part of the way per call: projecting a
+    # tensor twice in one call would show.
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    constrain_all(model, MinMaxNorm(1.0, 2.0, rate=0.5), include={"weight"})
+    hard_project(model)
+    assert is_packed(raw(model[0]))
+    raw(model[0]).data = torch.full((4, 4), 2.0)  # each row's norm is 4
+    reference = torch.full((4, 4), 2.0)
+    MinMaxNorm(1.0, 2.0, rate=0.5).project_(reference)  # norm 3: half way to 2
+    hard_project(model)
+    assert torch.equal(raw(model[0]), reference)
+    assert is_packed(raw(model[0]))  # again, for the next call
+    hard_project(model)
+    MinMaxNorm(1.0, 2.0, rate=0.5).project_(reference)
+    assert torch.equal(raw(model[0]), reference)
+
+
+def test_a_pack_buffer_that_lost_its_storage_is_noticed_before_projecting() -> None:
+    layer = constrain(nn.Linear(4, 4), "weight", -1, 1)
+    hard_project(layer)
+    (buffer,) = _plans[layer].packs[0].buffers
+    raw(layer).data = torch.full((4, 4), 5.0)
+    buffer.untyped_storage().resize_(0)  # as code freeing memory in place would
+    hard_project(layer)  # must not write into the freed storage
+    assert torch.equal(raw(layer), torch.ones(4, 4))
+
+
 def test_module_to_is_noticed() -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
     constrain_all(model, -1, 1)
@@ -262,7 +294,7 @@ def test_pack_false_gives_tensors_their_own_storage_back() -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
     constrain_all(model, -1, 1)
     hard_project(model)
-    assert raw(model[0]).untyped_storage().nbytes() > raw(model[0]).nbytes
+    assert is_packed(raw(model[0]))
     hard_project(model, pack=False)
     for p in model.parameters():
         assert p.untyped_storage().nbytes() == p.nbytes

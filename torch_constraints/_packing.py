@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from . import _kernels
 from .base import Constraint
 
 __all__ = ["MAX_BUFFER_BYTES", "Member", "Pack", "is_packable", "release"]
@@ -73,7 +74,24 @@ class Pack:
         self.members = [member for group in by_key.values() for member in group]
         for chunk in _chunks(self.members, max_bytes):
             self._fill(chunk)
-        self.ptrs = [t.data_ptr() for t in self.tensors]
+        self.ptrs = _kernels.data_ptrs(self.tensors)
+        self.indices = list(range(len(self.tensors)))
+        self.storages = [
+            (b.untyped_storage().data_ptr(), b.untyped_storage().nbytes()) for b in self.buffers
+        ]
+
+    def buffers_intact(self) -> bool:
+        """Whether every buffer still has the storage it was made with (O(buffers))."""
+        return [
+            (b.untyped_storage().data_ptr(), b.untyped_storage().nbytes()) for b in self.buffers
+        ] == self.storages
+
+    def moved_members(self) -> list[Member]:
+        """The members whose tensor no longer views its slot (rebound with ``.data = ...``)."""
+        if _kernels.data_ptrs_equal(self.tensors, self.ptrs, self.indices):
+            return []
+        now = _kernels.data_ptrs(self.tensors)  # in the order of self.members
+        return [m for m, old, new in zip(self.members, self.ptrs, now, strict=True) if old != new]
 
     def serves(self, wanted: Mapping[int, tuple[Constraint, ...]]) -> bool:
         """Whether every member is still here and still carries the same constraints.
@@ -82,7 +100,8 @@ class Pack:
         """
         return (
             all(wanted.get(id(m.tensor)) == m.constraints for m in self.members)
-            and [t.data_ptr() for t in self.tensors] == self.ptrs
+            and _kernels.data_ptrs(self.tensors) == self.ptrs
+            and self.buffers_intact()
         )
 
     def _fill(self, chunk: list[Member]) -> None:
@@ -109,7 +128,8 @@ class Pack:
         """Give every member still viewing these buffers its own storage again."""
         for tensor in self.tensors:
             release(tensor)
-        self.tensors, self.runs, self.buffers, self.members, self.ptrs = [], [], [], [], []
+        self.tensors, self.runs, self.buffers, self.members = [], [], [], []
+        self.ptrs, self.indices, self.storages = [], [], []
 
 
 def is_packable(tensor: Tensor) -> bool:

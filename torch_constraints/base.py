@@ -146,8 +146,15 @@ class Constraint(nn.Module):
 
     def right_inverse(self, x: Tensor) -> Tensor:
         """Return the raw value to store for ``module.weight = x``: its projection."""
+        _tracking.layout_changed()  # the raw tensor may get a new storage
         with torch.no_grad():
             return self.project(x)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Constraint:
+        # module.to() / .cuda() / .half() reach the constraint with the raw tensor,
+        # whose storage they replace: cached projection plans are stale.
+        _tracking.layout_changed()
+        return super()._apply(fn, recurse)  # type: ignore[no-untyped-call,no-any-return]
 
     def batch_ndim(self, x: Tensor) -> int:
         """Return how many leading dimensions of ``x`` form a batch of registered tensors."""

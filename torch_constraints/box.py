@@ -123,7 +123,7 @@ class Box(Constraint):
     def _apply(self, fn: Any, recurse: bool = True) -> Box:
         # module.to(dtype) rounds buffers to nearest; re-round tensor bounds inward.
         before = {name: b for name, b in self._buffers.items() if b is not None}
-        super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
+        super()._apply(fn, recurse)
         for name, old in before.items():
             new = self._buffers[name]
             if new is not None and new.dtype != old.dtype:

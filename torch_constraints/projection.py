@@ -13,10 +13,14 @@ module builds a *plan*, cached per module:
 3. group the rest by device, dtype and constraint, for multi-tensor (foreach)
    kernels or a plain loop.
 
-The plan is rebuilt when a module, parameter or buffer is registered anywhere,
-when a constraint is added or removed (see ``_tracking``), or when a raw
-tensor's storage moved (``module.to()``, ``.data = ...``): every call compares
-the data pointers of the raw tensors with the plan's.
+The plan is rebuilt before projecting when a module, parameter or buffer is
+registered anywhere, when a constraint is added, removed or moved by
+``module.to()`` (see ``_tracking``), or when a packed buffer lost its storage.
+A packed tensor rebound elsewhere (``tensor.data = ...``) is caught after the
+projection kernels are launched, so that on a GPU this per-tensor check runs
+while they do: such a tensor is then projected on its own, and the plan rebuilt
+for the next call. (The slot it left is projected too, with its own constraints:
+nothing but a tensor that kept hold of that slot can see it.)
 """
 
 from __future__ import annotations
@@ -77,7 +81,8 @@ def hard_project(module: nn.Module, *, foreach: bool | None = None, pack: bool =
     if plan is None or not plan.is_current(pack):
         plan = _Plan.build(module, pack=pack, previous=plan)
         _plans[module] = plan
-    plan.run(foreach)
+    if not plan.run(foreach):
+        _plans[module] = _Plan.build(module, pack=pack, previous=plan)
 
 
 @dataclass
@@ -139,8 +144,11 @@ class _Plan:
         return cls(targets, kept + (_pack(module, targets) if pack else []), pack)
 
     def is_current(self, pack: bool) -> bool:
+        """Whether the plan still describes the model (all but rebound pack members)."""
         return (
-            self.generation == _tracking.generation() and self.pack == pack and self.layout_intact()
+            self.generation == _tracking.generation()
+            and self.pack == pack
+            and all(p.buffers_intact() for p in self.packs)
         )
 
     def layout_intact(self) -> bool:
@@ -152,7 +160,8 @@ class _Plan:
             for a, b in zip(targets, self.targets, strict=True)
         )
 
-    def run(self, foreach: bool | None) -> None:
+    def run(self, foreach: bool | None) -> bool:
+        """Project every target once; return ``False`` if pack members had moved."""
         for p in self.packs:
             for run in p.runs:
                 for constraint in run.constraints:
@@ -161,10 +170,18 @@ class _Plan:
             for group in self.groups:
                 for constraint in group.constraints:
                     constraint.project_many_(group.tensors, foreach=foreach)
+        # Groups hold the Parameters themselves; the runs above projected the slots
+        # the pack members had when they were packed. Those rebound since need
+        # their own projection.
+        moved = [m for p in self.packs for m in p.moved_members()]
+        for member in moved:
+            for constraint in member.constraints:
+                constraint.project_(member.tensor)
         # base.state_of for each tensor, with the checks done once when the plan was built.
         steps = _tracking.optimizer_steps()
         for record, tensor in self.recorders:
             record.projected = (tensor._version, tensor.data_ptr(), steps)
+        return not moved
 
 
 _plans: weakref.WeakKeyDictionary[nn.Module, _Plan] = weakref.WeakKeyDictionary()
