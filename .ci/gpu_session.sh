@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device session on a machine with a CUDA GPU and PyTorch preinstalled (no network):
 #   bash .ci/gpu_session.sh OUT_DIR
+# 0. .ci/gpu_probe.py: per-call CPU-side costs (Python, a kernel launch, a weight read);
 # 1. .ci/gpu_check.py: the CUDA paths against the reference, then the benchmark on CUDA
 #    (float32 and bfloat16), with JSON and a log in OUT_DIR;
 # 2. the test suite on that machine, CUDA-only tests included (the docs and demo
@@ -11,6 +12,7 @@ out="${1:?usage: gpu_session.sh OUT_DIR}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -c 'import torch, platform; print("torch", torch.__version__, "python", platform.python_version())'
+python3 .ci/gpu_probe.py
 timeout 330 python3 .ci/gpu_check.py --out "$out" 2>&1 | tee "$out/gpu_check.log"
 check=${PIPESTATUS[0]}
 timeout 180 python3 -m pytest -q -p no:cacheprovider -x \
