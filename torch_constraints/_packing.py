@@ -76,15 +76,15 @@ class Pack:
             self._fill(chunk)
         self.ptrs = _kernels.data_ptrs(self.tensors)
         self.indices = list(range(len(self.tensors)))
-        self.storages = [
-            (b.untyped_storage().data_ptr(), b.untyped_storage().nbytes()) for b in self.buffers
-        ]
+        self.buffer_ptrs = _kernels.data_ptrs(self.buffers)
 
     def buffers_intact(self) -> bool:
-        """Whether every buffer still has the storage it was made with (O(buffers))."""
-        return [
-            (b.untyped_storage().data_ptr(), b.untyped_storage().nbytes()) for b in self.buffers
-        ] == self.storages
+        """Whether every buffer still has the memory it was made with (O(buffers)).
+
+        A storage resized in place (``untyped_storage().resize_(0)``, as code that
+        frees memory does) gets a new data pointer, or none.
+        """
+        return _kernels.data_ptrs(self.buffers) == self.buffer_ptrs
 
     def moved_members(self) -> list[Member]:
         """The members whose tensor no longer views its slot (rebound with ``.data = ...``)."""
@@ -129,7 +129,7 @@ class Pack:
         for tensor in self.tensors:
             release(tensor)
         self.tensors, self.runs, self.buffers, self.members = [], [], [], []
-        self.ptrs, self.indices, self.storages = [], [], []
+        self.ptrs, self.indices, self.buffer_ptrs = [], [], []
 
 
 def is_packable(tensor: Tensor) -> bool:
