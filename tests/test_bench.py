@@ -59,3 +59,20 @@ def test_hard_project_in_the_benchmark_leaves_every_tensor_in_range(small_bench:
     bench.hard_project(constrained)
     raws = [m.parametrizations.weight.original for m in constrained]
     assert all(torch.equal(r, e) for r, e in zip(raws, reference, strict=True))
+
+
+@pytest.mark.slow
+def test_the_training_part_runs_compiled(
+    small_bench: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        bench.main(
+            ["--device", "cpu", "--skip-projection", "--compile", "default", "--rounds", "2"]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "torch.compile(mode='default')" in printed
+    assert "method" not in printed  # no projection table
+    for mode in bench.MODES:
+        assert mode in printed

@@ -29,6 +29,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -320,7 +321,13 @@ def _mlp(width: int, depth: int, device: str, dtype: torch.dtype) -> nn.Sequenti
 
 
 def _training_step(
-    mode: str, width: int, depth: int, batch: int, device: str, dtype: torch.dtype
+    mode: str,
+    width: int,
+    depth: int,
+    batch: int,
+    device: str,
+    dtype: torch.dtype,
+    compile_mode: str | None = None,
 ) -> Callable[[], None]:
     model = _mlp(width, depth, device, dtype)
     if mode != "unconstrained":
@@ -331,10 +338,13 @@ def _training_step(
     if mode == "forward + project_after_step":
         project_after_step(optimizer, model)
     x = torch.randn(batch, width, device=device, dtype=dtype)
+    forward: Callable[..., Any] = model
+    if compile_mode is not None:
+        forward = torch.compile(model, mode=compile_mode, fullgraph=True)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        model(x).float().square().mean().backward()
+        forward(x).float().square().mean().backward()
         optimizer.step()
 
     return step
@@ -350,17 +360,25 @@ def _projection_alone(
     return lambda: hard_project(model)
 
 
-def bench_training(device: str, rounds: int) -> list[TrainingResult]:
+def bench_training(
+    device: str, rounds: int, compile_mode: str | None = None
+) -> list[TrainingResult]:
+    """Time the training cases of ``device``; ``compile_mode``: torch.compile each model."""
     results = []
     for name, width, depth, batch, dtype in TRAINING_CASES[
         "cuda" if device.startswith("cuda") else "cpu"
     ]:
-        steps = {mode: _training_step(mode, width, depth, batch, device, dtype) for mode in MODES}
+        steps = {
+            mode: _training_step(mode, width, depth, batch, device, dtype, compile_mode)
+            for mode in MODES
+        }
         steps[PROJECTION_ALONE] = _projection_alone(width, depth, device, dtype)
         medians = _interleaved_medians(steps, device, rounds, warmup=3)
         base = medians["unconstrained"]
         ratios = {mode: medians[mode] / base for mode in steps}
         case = f"{name} {str(dtype).removeprefix('torch.')} batch {batch}"
+        if compile_mode is not None:
+            case += f", torch.compile(mode={compile_mode!r})"
         checks = [
             _check(f"{mode} vs unconstrained", ratios[mode], "<=", limit)
             for mode, limit in TRAINING_TARGETS.items()
@@ -434,6 +452,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per candidate")
     parser.add_argument("--skip-training", action="store_true", help="only the projection part")
+    parser.add_argument("--skip-projection", action="store_true", help="only the training part")
+    parser.add_argument(
+        "--compile",
+        metavar="MODE",
+        help="torch.compile the models of the training part with this mode "
+        "('default', 'reduce-overhead' for CUDA graphs, ...)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
 
@@ -444,10 +469,14 @@ def main(argv: list[str] | None = None) -> int:
 
     print(_header(device, dtype))
     projection = []
-    for name in sets:
+    for name in [] if args.skip_projection else sets:
         projection.append(bench_projection(name, device, dtype, rounds))
         print("\n".join(_format_projection(projection[-1])), flush=True)
-    training = [] if args.skip_training else bench_training(device, rounds=max(rounds, 20))
+    training = (
+        []
+        if args.skip_training
+        else bench_training(device, rounds=max(rounds, 20), compile_mode=args.compile)
+    )
     for case in training:
         print("\n".join(_format_training(case)))
     if args.json:
