@@ -242,6 +242,18 @@ def test_module_to_is_noticed() -> None:
     assert all(p.dtype == torch.float64 and p.abs().max() <= 1 for p in model.parameters())
 
 
+def test_module_to_rebuilds_the_plan_before_projecting() -> None:
+    # The buffers left behind by .to() are not worth a kernel, let alone a write.
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    constrain_all(model, -1, 1)
+    hard_project(model)
+    (old,) = _plans[model].packs[0].buffers
+    model.to(torch.float64)
+    old.fill_(5.0)
+    hard_project(model)
+    assert (old == 5.0).all()
+
+
 def test_constraints_added_later_are_projected() -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
     constrain(model, "0.weight", -1, 1)
