@@ -225,7 +225,7 @@ def state_of(x: Tensor) -> tuple[int, int, int] | None:
 def recordable(x: Tensor) -> bool:
     """Whether :func:`state_of` can identify ``x``: a plain tensor or Parameter with a
     version counter and a storage (not an inference tensor, a tensor subclass or a
-    functorch wrapper). Fixed for the lifetime of ``x``."""
+    functorch wrapper). It stays so until ``x.data`` is rebound."""
     if type(x) not in (Tensor, nn.Parameter) or x.is_inference():
         return False
     try:

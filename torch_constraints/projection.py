@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _distributed, _kernels, _packing, _tracking
-from .base import Constraint, SkipRecord, recordable
+from .base import Constraint, SkipRecord, recordable, state_of
 from .registration import constrained_slots
 
 __all__ = ["hard_project"]
@@ -119,7 +119,11 @@ class _Plan:
         self.indices = list(range(len(self.tensors)))
         self.packs = packs
         packed = {id(t) for p in packs for t in p.tensors}
-        self.groups = _groups([t for t in targets if id(t.tensor) not in packed])
+        loose = [t for t in targets if id(t.tensor) not in packed]
+        self.groups = _groups(loose)
+        # Few, usually none: tensors that could not be packed (strided, tied, DTensor).
+        self.loose = [t.tensor for t in loose]
+        self.loose_ptrs = _kernels.data_ptrs(self.loose)
         self.recorders = _recorders(targets)
         self.sharded = _distributed.any_dtensor(self.tensors)  # FSDP2 (see _distributed)
 
@@ -144,11 +148,17 @@ class _Plan:
         return cls(targets, kept + (_pack(module, targets) if pack else []), pack)
 
     def is_current(self, pack: bool) -> bool:
-        """Whether the plan still describes the model (all but rebound pack members)."""
+        """Whether the plan still describes the model (all but rebound pack members).
+
+        Tensors outside packs are projected through their Parameter objects, so a
+        rebinding cannot make them miss a projection; they are checked here only so
+        that the plan is rebuilt (and, say, a tensor rebound to a contiguous one packed).
+        """
         return (
             self.generation == _tracking.generation()
             and self.pack == pack
             and all(p.buffers_intact() for p in self.packs)
+            and _kernels.data_ptrs(self.loose) == self.loose_ptrs
         )
 
     def layout_intact(self) -> bool:
@@ -177,11 +187,15 @@ class _Plan:
         for member in moved:
             for constraint in member.constraints:
                 constraint.project_(member.tensor)
+        if moved:  # a rebound tensor may no longer be recordable
+            for record, tensor in self.recorders:
+                record.projected = state_of(tensor)
+            return False
         # base.state_of for each tensor, with the checks done once when the plan was built.
         steps = _tracking.optimizer_steps()
         for record, tensor in self.recorders:
             record.projected = (tensor._version, tensor.data_ptr(), steps)
-        return not moved
+        return True
 
 
 _plans: weakref.WeakKeyDictionary[nn.Module, _Plan] = weakref.WeakKeyDictionary()
