@@ -215,24 +215,20 @@ class SkipRecord:
 def state_of(x: Tensor) -> tuple[int, int, int] | None:
     """Identify ``x``'s storage and contents: (version counter, data pointer, optimizer steps).
 
-    ``None`` for tensors that are not :func:`recordable`, which are never skipped.
+    ``None`` for tensors without a version counter or a plain storage (inference
+    tensors, tensor subclasses, functorch wrappers), which are never skipped.
     """
-    if not recordable(x):
+    if type(x) not in (Tensor, nn.Parameter) or x.is_inference():
         return None
-    return (x._version, x.data_ptr(), _tracking.optimizer_steps())
+    try:
+        return (x._version, x.data_ptr(), _tracking.optimizer_steps())
+    except RuntimeError:
+        return None
 
 
 def recordable(x: Tensor) -> bool:
-    """Whether :func:`state_of` can identify ``x``: a plain tensor or Parameter with a
-    version counter and a storage (not an inference tensor, a tensor subclass or a
-    functorch wrapper). It stays so until ``x.data`` is rebound."""
-    if type(x) not in (Tensor, nn.Parameter) or x.is_inference():
-        return False
-    try:
-        x.data_ptr()
-    except RuntimeError:
-        return False
-    return True
+    """Whether :func:`state_of` identifies ``x``; it stays so until ``x.data`` is rebound."""
+    return state_of(x) is not None
 
 
 def _init_parameters(cls: type) -> list[str]:
