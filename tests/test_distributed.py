@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch_constraints import (
     Box,
     Constraint,
+    PackedProjection,
     constrain,
     constrain_all,
     hard_project,
@@ -128,51 +129,63 @@ def assert_same_on_all_ranks(tensors: list[Tensor], what: str) -> None:
 ROW_UPPER = torch.linspace(0.05, 0.4, 16, dtype=torch.float64).unsqueeze(1)
 
 
-def ddp_model() -> nn.Sequential:
+def ddp_model(parametrize: bool = True) -> nn.Sequential:
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 1)
     )
-    constrain_all(model, -0.1, 0.1, include=lambda name, module, tensor: name != "0.weight")
-    constrain(model[0], "weight", Box(min=-ROW_UPPER, max=ROW_UPPER))
+    constrain_all(
+        model,
+        -0.1,
+        0.1,
+        include=lambda name, module, tensor: name != "0.weight",
+        parametrize=parametrize,
+    )
+    constrain(model[0], "weight", Box(min=-ROW_UPPER, max=ROW_UPPER), parametrize=parametrize)
     return model
 
 
 def assert_feasible_ddp(model: nn.Sequential) -> None:
-    raw = {n: p.detach().double() for n, p in model.named_parameters()}
-    first = raw.pop("0.parametrizations.weight.original")
+    raw = {
+        n.replace("parametrizations.", "").replace(".original", ""): p.detach().double()
+        for n, p in model.named_parameters()
+    }
+    first = raw.pop("0.weight")
     assert (first.abs() <= ROW_UPPER).all()
     assert all((t.abs() <= 0.1).all() for t in raw.values())
 
 
 def ddp_worker(rank: int, store: str) -> None:
     init(rank, store)
-    for pack_before_wrapping, bucket_view in [(False, False), (True, True)]:
-        train_ddp(rank, pack_before_wrapping, bucket_view)
+    for mode, bucket_view in [("default", False), ("packed", True), ("recorded", False)]:
+        train_ddp(rank, mode, bucket_view)
     shutdown()
 
 
-def train_ddp(rank: int, pack_before_wrapping: bool, bucket_view: bool) -> None:
+def train_ddp(rank: int, mode: str, bucket_view: bool) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
-    model = ddp_model()
+    model = ddp_model(parametrize=mode != "recorded")
     reference = copy.deepcopy(model)
-    if pack_before_wrapping:
-        hard_project(model)
+    raws = list(model.parameters())
+    ptrs = [p.data_ptr() for p in raws]
+    packed = PackedProjection(model) if mode == "packed" else None  # before wrapping
     ddp = DistributedDataParallel(model, gradient_as_bucket_view=bucket_view)
     optimizer = torch.optim.SGD(ddp.parameters(), lr=0.3, momentum=0.9)
-    project_after_step(optimizer, ddp)
+    project_after_step(optimizer, packed if packed is not None else ddp)
     ref_optimizer = torch.optim.SGD(reference.parameters(), lr=0.3, momentum=0.9)
     project_after_step(ref_optimizer, reference)
     for step in range(STEPS):
         train_step(ddp, optimizer, reference, ref_optimizer, step, rank)
-        assert_same_on_all_ranks(list(model.parameters()), f"step {step}")
+        assert_same_on_all_ranks(list(model.parameters()), f"{mode}, step {step}")
         assert_feasible_ddp(model)
         for a, b in zip(model.parameters(), reference.parameters(), strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    raws = [p for n, p in model.named_parameters() if n.endswith("original")]
     storages = {p.untyped_storage().data_ptr() for p in raws}
-    assert len(storages) == 1, "hard_project packs the raw tensors under DDP"
+    if mode == "packed":
+        assert len(storages) == 1, "PackedProjection packs the raw tensors under DDP"
+    else:
+        assert [p.data_ptr() for p in raws] == ptrs, "hard_project changed a storage"
     bound = inward_scalar(0.1, torch.float32, lower=False)
     assert sum(int((p.abs() == bound).sum()) for p in raws[1:]) > 0, "clipping was active"
 

@@ -39,9 +39,9 @@ def test_projects_after_every_step_until_removed() -> None:
 
 def test_bad_arguments() -> None:
     layer, optimizer = setup()
-    with pytest.raises(TypeError, match=r"expected a torch\.optim\.Optimizer, got Linear"):
-        project_after_step(layer, layer)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match=r"expected an nn\.Module, got SGD"):
+    with pytest.raises(TypeError, match=r"expected a torch\.optim\.Optimizer, or a wrapper"):
+        project_after_step(layer, layer)
+    with pytest.raises(TypeError, match=r"expected an nn\.Module or a PackedProjection, got SGD"):
         project_after_step(optimizer, optimizer)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="Linear has no tensor constrained by torch_constraints"):
         project_after_step(optimizer, nn.Linear(2, 2))

@@ -125,7 +125,6 @@ def test_min_max_norm_forward_is_the_full_projection_and_hard_project_the_keras_
     hard_project(layer)  # one Keras step, applied once
     assert torch.allclose(raw, torch.tensor([[1.74, 2.32], [0.426, 0.568], [0.0, 0.0]]))
     assert torch.allclose(layer.weight.norm(dim=1), torch.tensor([2.0, 0.8, 0.0]))
-    assert not layer.parametrizations.weight[0].identity_on_feasible
 
 
 @pytest.mark.parametrize(

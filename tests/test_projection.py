@@ -1,9 +1,12 @@
-"""hard_project: every path equals the plain per-tensor reference; the cache notices changes."""
+"""hard_project: every path equals the plain per-tensor reference, and nothing is kept.
+
+``hard_project`` reads the model afresh on every call: these tests change the
+model between calls in every way we know of and check the next call follows.
+"""
 
 from __future__ import annotations
 
 import copy
-import itertools
 
 import pytest
 import torch
@@ -18,24 +21,30 @@ from torch_constraints import (
     MaxNorm,
     MinMaxNorm,
     NonNeg,
+    PackedProjection,
     Simplex,
     UnitNorm,
     constrain,
     constrain_all,
     hard_project,
+    named_constraints,
     unconstrain,
 )
-from torch_constraints.projection import _plans
 from torch_constraints.registration import Slot, constrained_slots
 
 pytestmark = pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
 
-PATHS = [
-    pytest.param({}, id="default"),
-    pytest.param({"pack": True, "foreach": False}, id="packed+loop"),
-    pytest.param({"pack": False, "foreach": True}, id="foreach"),
-    pytest.param({"pack": False, "foreach": False}, id="loop"),
-]
+PATHS = ["default", "foreach", "loop", "packed"]
+
+
+def project(model: nn.Module, path: str, packed: dict[int, PackedProjection]) -> None:
+    """One projection along ``path``; a packed one keeps its PackedProjection in ``packed``."""
+    if path == "packed":
+        if id(model) not in packed:
+            packed[id(model)] = PackedProjection(model, foreach=False)
+        packed[id(model)]()
+    else:
+        hard_project(model, foreach={"default": None, "foreach": True, "loop": False}[path])
 
 
 def projected_slots(model: nn.Module) -> list[Slot]:
@@ -43,11 +52,17 @@ def projected_slots(model: nn.Module) -> list[Slot]:
     return [slot for slot in constrained_slots(model) if slot.leading_constraints()]
 
 
+def raw_of(slot: Slot) -> torch.Tensor:
+    tensor = slot.raw()
+    assert tensor is not None
+    return tensor
+
+
 def reference(model: nn.Module) -> dict[str, torch.Tensor]:
     """Expected raw values after hard_project: each leading constraint's projection, in turn."""
     expected = {}
     for slot in projected_slots(model):
-        value = slot.chain.original.detach().clone()
+        value = raw_of(slot).detach().clone()
         for constraint in slot.leading_constraints():
             constraint.project_(value)
         expected[slot.qualname] = value
@@ -55,18 +70,24 @@ def reference(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def raws(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {slot.qualname: slot.chain.original.detach().clone() for slot in projected_slots(model)}
+    return {slot.qualname: raw_of(slot).detach().clone() for slot in projected_slots(model)}
 
 
-def is_packed(tensor: torch.Tensor) -> bool:
-    return tensor.untyped_storage().nbytes() > tensor.nbytes
+def storages(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """Every parameter's and buffer's data pointer and storage size."""
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    return {
+        n: (t.data_ptr(), t.untyped_storage().nbytes())
+        for n, t in tensors.items()
+        if t.device.type != "meta"
+    }
 
 
 def scramble(model: nn.Module, scale: float = 3.0) -> None:
     """Move raw values outside their sets, as an optimizer step would."""
     with torch.no_grad():
         for i, slot in enumerate(projected_slots(model)):
-            original = slot.chain.original
+            original = raw_of(slot)
             generator = torch.Generator().manual_seed(i)
             noise = torch.randn(original.shape, generator=generator, dtype=torch.float64) * scale
             original.copy_(noise.to(original.dtype))
@@ -123,12 +144,13 @@ def test_zoo_covers_the_cases() -> None:
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_every_path_equals_the_reference(path: dict[str, bool]) -> None:
+def test_every_path_equals_the_reference(path: str) -> None:
     zoo = Zoo()
-    for round_ in range(3):  # first call builds the plan; later calls reuse it
+    packed: dict[int, PackedProjection] = {}
+    for round_ in range(3):
         scramble(zoo, scale=3.0 + round_)
         expected = reference(zoo)
-        hard_project(zoo, **path)
+        project(zoo, path, packed)
         got = raws(zoo)
         assert got.keys() == expected.keys()
         for name in expected:
@@ -136,52 +158,33 @@ def test_every_path_equals_the_reference(path: dict[str, bool]) -> None:
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_other_parametrizations_and_forward_only_constraints_are_left_alone(
-    path: dict[str, bool],
-) -> None:
+def test_other_parametrizations_and_forward_only_constraints_are_left_alone(path: str) -> None:
     zoo = Zoo()
     normed = zoo.normed.parametrizations.weight
     before = [t.detach().clone() for t in (normed.original0, normed.original1)]
     assert isinstance(normed[-1], Box)  # a constraint after weight_norm: forward only
-    hard_project(zoo, **path)
+    project(zoo, path, {})
     assert torch.equal(normed.original0, before[0]) and torch.equal(normed.original1, before[1])
     assert zoo.normed.weight.abs().max() <= 0.5
 
 
-def test_packing_keeps_parameter_identity_strides_and_values() -> None:
+def test_hard_project_changes_no_storage_of_the_model() -> None:
     zoo = Zoo()
     params = dict(zoo.named_parameters())
     strides = {n: p.stride() for n, p in params.items()}
-    values = reference(zoo)
-    hard_project(zoo)
+    before = storages(zoo)
+    for _ in range(2):
+        scramble(zoo)
+        hard_project(zoo)
     assert dict(zoo.named_parameters()) == params
     assert {n: p.stride() for n, p in params.items()} == strides
-    assert all(torch.equal(raws(zoo)[n], values[n]) for n in values)
-    plan = _plans[zoo]
-    packed = {id(t) for p in plan.packs for t in p.tensors}
-    assert id(raw(zoo.a)) in packed and id(raw(zoo.conv)) in packed
-    assert id(zoo.parametrizations.transposed.original) in packed
-    assert id(zoo.parametrizations.strided.original) not in packed
-    # All float32 tensors with only Box(-0.5, 0.5), whatever their shapes, form one run.
-    float32_pack = next(p for p in plan.packs if p.dtype == torch.float32)
-    box = ("box", -0.5, 0.5)
-    runs = [r for r in float32_pack.runs if [c.fusion_key() for c in r.constraints] == [box]]
-    assert len(runs) == 1
-    sizes = [raw(m, n).numel() for m in (zoo.a, zoo.b, zoo.same_as_a) for n in ("weight", "bias")]
-    assert runs[0].view.numel() >= sum(sizes)
-    # Same-shaped tensors under one norm constraint form one stacked run.
-    norm_runs = [r for r in float32_pack.runs if isinstance(r.constraints[0], MaxNorm)]
-    assert [tuple(r.view.shape) for r in norm_runs] == [(3, 4, 6)]
-    float64_pack = next(p for p in plan.packs if p.dtype == torch.float64)
-    unit_runs = [r for r in float64_pack.runs if isinstance(r.constraints[0], UnitNorm)]
-    assert [tuple(r.view.shape) for r in unit_runs] == [(2, 4, 6)]
+    assert storages(zoo) == before
 
 
-def test_optimizer_keeps_training_packed_parameters() -> None:
+def test_optimizer_keeps_training() -> None:
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
     constrain_all(model, -0.3, 0.3)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
-    hard_project(model)
     x, y = torch.randn(64, 4), torch.randn(64, 1)
     losses = []
     for _ in range(20):
@@ -195,8 +198,8 @@ def test_optimizer_keeps_training_packed_parameters() -> None:
     assert losses[-1] < losses[0]
 
 
-# --------------------------------------------------------------------------- the cache
-def test_rebinding_data_is_noticed() -> None:
+# --------------------------------------------------------------------------- nothing is kept
+def test_rebinding_data_is_followed() -> None:
     layer = constrain(nn.Linear(4, 4), "weight", -1, 1)
     hard_project(layer)
     raw(layer).data = torch.full((4, 4), 5.0)
@@ -204,35 +207,7 @@ def test_rebinding_data_is_noticed() -> None:
     assert raw(layer).max() == 1
 
 
-def test_a_rebound_pack_member_is_projected_once_and_repacked() -> None:
-    # MinMaxNorm with rate < 1 moves a norm part of the way per call: projecting a
-    # tensor twice in one call would show.
-    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
-    constrain_all(model, MinMaxNorm(1.0, 2.0, rate=0.5), include={"weight"})
-    hard_project(model)
-    assert is_packed(raw(model[0]))
-    raw(model[0]).data = torch.full((4, 4), 2.0)  # each row's norm is 4
-    reference = torch.full((4, 4), 2.0)
-    MinMaxNorm(1.0, 2.0, rate=0.5).project_(reference)  # norm 3: half way to 2
-    hard_project(model)
-    assert torch.equal(raw(model[0]), reference)
-    assert is_packed(raw(model[0]))  # again, for the next call
-    hard_project(model)
-    MinMaxNorm(1.0, 2.0, rate=0.5).project_(reference)
-    assert torch.equal(raw(model[0]), reference)
-
-
-def test_a_pack_buffer_that_lost_its_storage_is_noticed_before_projecting() -> None:
-    layer = constrain(nn.Linear(4, 4), "weight", -1, 1)
-    hard_project(layer)
-    (buffer,) = _plans[layer].packs[0].buffers
-    raw(layer).data = torch.full((4, 4), 5.0)
-    buffer.untyped_storage().resize_(0)  # as code freeing memory in place would
-    hard_project(layer)  # must not write into the freed storage
-    assert torch.equal(raw(layer), torch.ones(4, 4))
-
-
-def test_module_to_is_noticed() -> None:
+def test_module_to_is_followed() -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
     constrain_all(model, -1, 1)
     hard_project(model)
@@ -240,18 +215,6 @@ def test_module_to_is_noticed() -> None:
     scramble(model)
     hard_project(model)
     assert all(p.dtype == torch.float64 and p.abs().max() <= 1 for p in model.parameters())
-
-
-def test_module_to_rebuilds_the_plan_before_projecting() -> None:
-    # The buffers left behind by .to() are not worth a kernel, let alone a write.
-    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
-    constrain_all(model, -1, 1)
-    hard_project(model)
-    (old,) = _plans[model].packs[0].buffers
-    model.to(torch.float64)
-    old.fill_(5.0)
-    hard_project(model)
-    assert (old == 5.0).all()
 
 
 def test_constraints_added_later_are_projected() -> None:
@@ -288,31 +251,36 @@ def test_removed_constraints_are_no_longer_projected(remove: str) -> None:
     assert (model[0].weight == 5.0).all()
 
 
-def test_projecting_a_subtree_and_the_whole_model_do_not_repack_each_other() -> None:
-    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
-    constrain_all(model, -1, 1)
+@pytest.mark.parametrize("parametrized", [True, False])
+def test_changed_attributes_apply_to_that_tensor_alone(parametrized: bool) -> None:
+    # The finding: both layers shared one group, projected with its first member's bounds.
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4))
+    constrain_all(model, -0.1, 0.1, include={"weight"}, parametrize=parametrized)
+    constraints = dict(named_constraints(model))
+    constraints["1.weight"].min, constraints["1.weight"].max = -0.01, 0.01
+    scramble(model)
     hard_project(model)
-    buffers = [b.data_ptr() for p in _plans[model].packs for b in p.buffers]
-    for _ in range(2):
-        scramble(model)
-        hard_project(model[0])
-        assert raw(model[0]).abs().max() == 1
-        hard_project(model)
-        assert raw(model[1]).abs().max() == 1
-    assert [b.data_ptr() for p in _plans[model].packs for b in p.buffers] == buffers
+    values = raws(model)
+    assert values["0.weight"].abs().max().item() == pytest.approx(0.1)
+    assert values["1.weight"].abs().max().item() == pytest.approx(0.01)
+    assert values["2.weight"].abs().max().item() == pytest.approx(0.1)
+    if parametrized:
+        with torch.no_grad():
+            raw(model[1]).fill_(1.0)
+        assert model[1].weight.max().item() == pytest.approx(0.01)  # the forward pass too
 
 
-def test_pack_false_gives_tensors_their_own_storage_back() -> None:
+def test_a_changed_norm_radius_applies_at_the_next_projection() -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
-    constrain_all(model, -1, 1)
+    constrain_all(model, MaxNorm(1.0), include={"weight"})
+    dict(named_constraints(model))["0.weight"].max_value = 0.25
+    scramble(model)
     hard_project(model)
-    assert is_packed(raw(model[0]))
-    hard_project(model, pack=False)
-    for p in model.parameters():
-        assert p.untyped_storage().nbytes() == p.nbytes
+    assert torch.allclose(raw(model[0]).norm(dim=1), torch.full((4,), 0.25))
+    assert torch.allclose(raw(model[1]).norm(dim=1), torch.full((4,), 1.0))
 
 
-def test_tied_parameters_stay_tied() -> None:
+def test_tied_parameters_stay_tied_and_get_both_projections() -> None:
     a, b = nn.Linear(4, 4), nn.Linear(4, 4)
     b.weight = a.weight  # the same Parameter in two modules
     c = nn.Linear(4, 4)
@@ -328,6 +296,20 @@ def test_tied_parameters_stay_tied() -> None:
     assert raw(a).abs().max() <= 0.5
 
 
+def test_a_tied_tensor_under_one_constraint_is_projected_once() -> None:
+    # MinMaxNorm with rate < 1 moves a norm part of the way per projection.
+    a, b = nn.Linear(4, 4), nn.Linear(4, 4)
+    b.weight = a.weight
+    model = nn.ModuleList([a, b])
+    constrain_all(model, MinMaxNorm(1.0, 2.0, rate=0.5), include={"weight"}, parametrize=False)
+    with torch.no_grad():
+        a.weight.fill_(2.0)  # each row's norm is 4
+    expected = torch.full((4, 4), 2.0)
+    MinMaxNorm(1.0, 2.0, rate=0.5).project_(expected)
+    hard_project(model)
+    assert torch.equal(a.weight.detach(), expected)
+
+
 def test_a_model_without_constraints_is_a_no_op() -> None:
     model = nn.Linear(2, 2)
     before = model.weight.detach().clone()
@@ -339,6 +321,11 @@ def test_meta_tensors_are_skipped() -> None:
     layer = constrain(nn.Linear(4, 4, device="meta"), "weight", -1, 1)
     hard_project(layer)
     assert raw(layer).device.type == "meta"
+
+
+def test_hard_project_refuses_what_is_not_a_module() -> None:
+    with pytest.raises(TypeError, match=r"hard_project: expected an nn\.Module, got str"):
+        hard_project("model")  # type: ignore[arg-type]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -364,57 +351,38 @@ shapes = st.lists(st.integers(0, 5), min_size=0, max_size=3).map(tuple)
         max_size=6,
     ),
     dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]),
+    parametrized=st.booleans(),
 )
-def test_packed_path_equals_the_loop_on_random_models(
+def test_grouped_and_packed_paths_equal_the_loop_on_random_models(
     tensor_shapes: list[tuple[int, ...]],
     bounds: list[tuple[float | None, float | None]],
     dtype: torch.dtype,
+    parametrized: bool,
 ) -> None:
     model = nn.Module()
     for i, (shape, (lo, hi)) in enumerate(zip(tensor_shapes, bounds, strict=False)):
         model.register_parameter(f"p{i}", nn.Parameter(torch.zeros(shape, dtype=dtype)))
-        constrain(model, f"p{i}", lo, hi)
-    twin = copy.deepcopy(model)
+        constrain(model, f"p{i}", lo, hi, parametrize=parametrized)
+    twins = [copy.deepcopy(model) for _ in range(2)]
+    packed = PackedProjection(twins[1])
     for _ in range(2):
-        scramble(model)
-        scramble(twin)
-        hard_project(model)
-        hard_project(twin, pack=False, foreach=False)
-        for (name, got), (_, want) in zip(raws(model).items(), raws(twin).items(), strict=True):
-            assert torch.equal(got, want), name
+        for m in (model, *twins):
+            scramble(m)
+        hard_project(model, foreach=False)
+        hard_project(twins[0])
+        packed()
+        want = raws(model)
+        for twin in twins:
+            for name, got in raws(twin).items():
+                assert torch.equal(got, want[name]), name
 
 
-def test_every_combination_of_flags_agrees() -> None:
+def test_every_path_agrees() -> None:
     results = []
-    for pack, foreach in itertools.product([True, False], [True, False, None]):
+    for path in PATHS:
         zoo = Zoo()
         scramble(zoo)
-        hard_project(zoo, pack=pack, foreach=foreach)
+        project(zoo, path, {})
         results.append(raws(zoo))
     for other in results[1:]:
         assert all(torch.equal(other[n], results[0][n]) for n in results[0])
-
-
-def test_adding_a_constraint_keeps_the_existing_packs() -> None:
-    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4))
-    constrain_all(model, -1, 1, include=lambda q, m, n: not q.startswith("2."))
-    hard_project(model)
-    first = [b.data_ptr() for p in _plans[model].packs for b in p.buffers]
-    constrain(model, "2.weight", -0.1, 0.1)
-    scramble(model)
-    expected = reference(model)
-    hard_project(model)
-    assert [b.data_ptr() for b in _plans[model].packs[0].buffers] == first  # not copied again
-    assert len(_plans[model].packs) == 2
-    assert all(torch.equal(raws(model)[n], expected[n]) for n in expected)
-
-
-def test_removing_a_constraint_unpacks_its_pack_members() -> None:
-    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
-    constrain_all(model, -1, 1)
-    hard_project(model)
-    parametrize.remove_parametrizations(model[0], "weight", leave_parametrized=False)
-    hard_project(model)
-    weight = model[0].weight
-    assert weight.untyped_storage().nbytes() == weight.nbytes  # no longer a view of the pack
-    assert len(_plans[model].packs) == 1

@@ -1,10 +1,11 @@
 """torch-constraints: keep PyTorch weights inside a feasible set.
 
 ``constrain(model.fc, "weight", -1, 1)`` registers a clamp parametrization, so
-the forward pass always sees feasible values; ``hard_project(model)`` writes the
-projection back into the raw parameters in place, fused, after each optimizer
-step. The documentation lives in ``docs/``; ``python -m torch_constraints.demo``
-trains a weight-clipped WGAN, ``python -m torch_constraints.bench`` measures.
+the forward pass always sees feasible values (``parametrize=False`` leaves the
+module untouched instead); ``hard_project(model)`` writes the projection back
+into the raw parameters in place after each optimizer step. The documentation
+lives in ``docs/``; ``python -m torch_constraints.demo`` trains a weight-clipped
+WGAN, ``python -m torch_constraints.bench`` measures.
 """
 
 from .base import Constraint
@@ -12,6 +13,7 @@ from .box import Box, NonNeg
 from .checkpoint import CHECKPOINT_FORMAT, plain_state_dict
 from .hooks import project_after_step
 from .norm import MaxNorm, MinMaxNorm, UnitNorm
+from .packing import PackedProjection
 from .projection import hard_project
 from .registration import constrain, constrain_all, named_constraints, unconstrain
 from .registry import get, serialize
@@ -30,6 +32,7 @@ __all__ = [
     "MaxNorm",
     "MinMaxNorm",
     "NonNeg",
+    "PackedProjection",
     "Simplex",
     "UnitNorm",
     "__version__",

@@ -29,10 +29,9 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import Tensor, nn
 
-from . import _tracking
 from ._autograd import straight_through
 
-__all__ = ["Constraint", "SkipRecord", "recordable", "state_of"]
+__all__ = ["Constraint"]
 
 C = TypeVar("C", bound="Constraint")
 
@@ -59,16 +58,37 @@ class Constraint(nn.Module):
         Symmetric()
     """
 
-    #: ``True`` when the forward map is the identity, with the identity Jacobian,
-    #: on every value that :meth:`project_` returns (sets with an interior, such as
-    #: boxes and balls; not spheres or simplices). Right after ``hard_project``
-    #: such a constraint can then skip its forward computation.
-    identity_on_feasible: bool = False
-
     #: ``True`` when the projection acts on each element alone, with no reference
-    #: to the tensor's shape: ``hard_project`` may then project tensors of any
-    #: shapes that share a :meth:`fusion_key` as one flat tensor.
+    #: to the tensor's shape: a :class:`~torch_constraints.PackedProjection` may then
+    #: project tensors of any shapes that share a :meth:`fusion_key` as one flat tensor.
     elementwise: ClassVar[bool] = False
+
+    #: The fast paths a class derives from its own :meth:`project`. A subclass that
+    #: overrides an inherited ``project`` loses the inherited ones it does not
+    #: override too (see :meth:`__init_subclass__`).
+    _DERIVED: ClassVar[tuple[str, ...]] = ("project_", "project_many_", "fusion_key")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Keep a subclass's fast paths consistent with its own :meth:`project`.
+
+        ``class RoundedBox(Box)`` that overrides only ``project`` must not inherit
+        ``Box``'s in-place clamp, its multi-tensor clamp, its fusion key (which would
+        group it with plain boxes) or its ``elementwise`` flag: those would compute
+        ``Box``'s projection, not the subclass's. Each one the subclass does not
+        define itself reverts to the generic version, derived from ``project``.
+        """
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__
+        overrides_inherited_project = "project" in own and any(
+            "project" in base.__dict__ for base in cls.__mro__[1:] if base is not Constraint
+        )
+        if not overrides_inherited_project:
+            return
+        for name in cls._DERIVED:
+            if name not in own:
+                setattr(cls, name, getattr(Constraint, name))
+        if "elementwise" not in own:
+            cls.elementwise = False
 
     straight_through: bool
 
@@ -76,7 +96,6 @@ class Constraint(nn.Module):
         super().__init__()
         self.straight_through = False
         self._event_ndim: int | None = None
-        self._skip = SkipRecord()
 
     # ------------------------------------------------------------------ to override
     def project(self, x: Tensor) -> Tensor:
@@ -95,6 +114,10 @@ class Constraint(nn.Module):
         if not x.is_floating_point():
             raise TypeError(
                 f"{where}: only floating-point tensors can be constrained, got dtype {x.dtype}"
+            )
+        if x.layout != torch.strided:
+            raise TypeError(
+                f"{where}: only dense (strided) tensors can be constrained, got layout {x.layout}"
             )
 
     def bind(self, x: Tensor) -> None:
@@ -131,30 +154,20 @@ class Constraint(nn.Module):
             self.project_(x)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Map the raw tensor to the feasible set (the parametrization's forward)."""
-        if not torch.compiler.is_compiling() and self.identity_on_feasible:
-            skip = self._skip
-            if skip.projected is not None and skip.projected == state_of(x):
-                return x.view_as(x)
-            if not skip.used_in_forward:
-                # From now on hard_project records when this tensor is known feasible.
-                skip.used_in_forward = True
-                _tracking.layout_changed()
+        """Map the raw tensor to the feasible set (the parametrization's forward).
+
+        A pure function of ``x`` and of this constraint's current attributes: it is
+        computed afresh on every access, so nothing done earlier (a projection, a
+        write through ``.data``) can change what it returns.
+        """
         if self.straight_through:
             return straight_through(x, self.project(x.detach()))
         return self.project(x)
 
     def right_inverse(self, x: Tensor) -> Tensor:
         """Return the raw value to store for ``module.weight = x``: its projection."""
-        _tracking.layout_changed()  # the raw tensor may get a new storage
         with torch.no_grad():
             return self.project(x)
-
-    def _apply(self, fn: Any, recurse: bool = True) -> Constraint:
-        # module.to() / .cuda() / .half() reach the constraint with the raw tensor,
-        # whose storage they replace: cached projection plans are stale.
-        _tracking.layout_changed()
-        return super()._apply(fn, recurse)  # type: ignore[no-untyped-call,no-any-return]
 
     def batch_ndim(self, x: Tensor) -> int:
         """Return how many leading dimensions of ``x`` form a batch of registered tensors."""
@@ -187,48 +200,6 @@ class Constraint(nn.Module):
         if self.straight_through:
             parts.append("straight_through=True")
         return ", ".join(parts)
-
-    def __getstate__(self) -> dict[str, Any]:
-        # A copy is a different tensor: it must not inherit "already projected".
-        state = dict(self.__dict__)
-        state["_skip"] = SkipRecord()
-        return state
-
-
-class SkipRecord:
-    """When the forward pass of a constraint may return the raw tensor as it is.
-
-    ``hard_project`` stores in ``projected`` the state (:func:`state_of`) of the raw
-    tensor it has just projected; while the tensor is in that state, it is known
-    feasible. It does so only once ``used_in_forward`` is set, so projections of
-    tensors no forward pass reads cost nothing extra. A plain object, so that
-    updating it skips ``nn.Module.__setattr__``.
-    """
-
-    __slots__ = ("projected", "used_in_forward")
-
-    def __init__(self) -> None:
-        self.projected: tuple[int, int, int] | None = None
-        self.used_in_forward = False
-
-
-def state_of(x: Tensor) -> tuple[int, int, int] | None:
-    """Identify ``x``'s storage and contents: (version counter, data pointer, optimizer steps).
-
-    ``None`` for tensors without a version counter or a plain storage (inference
-    tensors, tensor subclasses, functorch wrappers), which are never skipped.
-    """
-    if type(x) not in (Tensor, nn.Parameter) or x.is_inference():
-        return None
-    try:
-        return (x._version, x.data_ptr(), _tracking.optimizer_steps())
-    except RuntimeError:
-        return None
-
-
-def recordable(x: Tensor) -> bool:
-    """Whether :func:`state_of` identifies ``x``; it stays so until ``x.data`` is rebound."""
-    return state_of(x) is not None
 
 
 def _init_parameters(cls: type) -> list[str]:

@@ -46,7 +46,6 @@ class Box(Constraint):
         tensor([-1.0000,  0.2500,  1.0000])
     """
 
-    identity_on_feasible = True
     elementwise = True
     min: Bound
     max: Bound
@@ -123,7 +122,7 @@ class Box(Constraint):
     def _apply(self, fn: Any, recurse: bool = True) -> Box:
         # module.to(dtype) rounds buffers to nearest; re-round tensor bounds inward.
         before = {name: b for name, b in self._buffers.items() if b is not None}
-        super()._apply(fn, recurse)
+        super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
         for name, old in before.items():
             new = self._buffers[name]
             if new is not None and new.dtype != old.dtype:

@@ -103,7 +103,9 @@ def _inward(bound: Bound, x: Tensor, *, lower: bool) -> Bound:
     if bound is None:
         return None
     if isinstance(bound, Tensor):
-        return inward_tensor(bound, x.dtype, lower=lower)
+        # A constraint recorded with parametrize=False is no submodule: module.to()
+        # does not move its tensor bounds, so they follow the tensor here.
+        return inward_tensor(bound.to(x.device), x.dtype, lower=lower)
     if math.isinf(bound):
         return None
     return inward_scalar(float(bound), x.dtype, lower=lower)

@@ -8,29 +8,40 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from .projection import hard_project
-from .registration import constrained_slots, type_name
+from .packing import PackedProjection
+from .projection import hard_project, targets
+from .registration import type_name
 
 __all__ = ["project_after_step"]
 
 
-def project_after_step(optimizer: torch.optim.Optimizer, module: nn.Module) -> RemovableHandle:
+def project_after_step(
+    optimizer: torch.optim.Optimizer | Any, module: nn.Module | PackedProjection
+) -> RemovableHandle:
     """Call :func:`~torch_constraints.hard_project` on ``module`` after each ``optimizer.step()``.
 
-    With the constraint also in the forward pass (as :func:`~torch_constraints.constrain`
-    registers it), this is the recommended setup: the raw weights stay feasible,
-    and right after each projection the forward pass of box-like constraints skips
-    its work.
+    This is the post-step projection of Keras' ``kernel_constraint`` and of WGAN's
+    weight clipping. With ``parametrize=False`` constraints it is the whole
+    mechanism; with parametrized ones it keeps the raw weights feasible too, so
+    the forward pass's projection changes nothing and its gradient is the
+    identity inside the set.
+
+    Optimizer wrappers that keep the real optimizer in ``.optimizer`` (Accelerate's
+    ``AcceleratedOptimizer``, Lightning's ``LightningOptimizer``, the Hugging Face
+    Trainer's) are unwrapped: the hook goes on the optimizer that updates the
+    weights, and so runs after every real update, and only then.
 
     Args:
-        optimizer: any :class:`torch.optim.Optimizer`.
-        module: the root of the constrained module tree.
+        optimizer: a :class:`torch.optim.Optimizer`, or a wrapper of one.
+        module: the root of the constrained module tree, or a
+            :class:`~torch_constraints.PackedProjection` (the explicit opt-in).
 
     Returns:
         A handle; ``handle.remove()`` stops the projection.
 
     Raises:
-        TypeError: if ``optimizer`` is not an Optimizer or ``module`` not a Module.
+        TypeError: if ``optimizer`` is not (a wrapper of) an Optimizer, or
+            ``module`` neither a Module nor a PackedProjection.
         ValueError: if ``module`` has no tensor constrained by this library.
 
     Example:
@@ -38,26 +49,53 @@ def project_after_step(optimizer: torch.optim.Optimizer, module: nn.Module) -> R
         >>> from torch import nn
         >>> from torch_constraints import constrain_all, project_after_step
         >>> critic = nn.Linear(2, 1)
-        >>> _ = constrain_all(critic, -0.01, 0.01)
+        >>> _ = constrain_all(critic, -0.01, 0.01, parametrize=False)
         >>> optimizer = torch.optim.SGD(critic.parameters(), lr=1.0)
         >>> handle = project_after_step(optimizer, critic)
         >>> critic(torch.ones(1, 2)).sum().backward()
         >>> optimizer.step()
-        >>> bool(critic.parametrizations.weight.original.abs().max() <= 0.01)
+        >>> bool(critic.weight.abs().max() <= 0.01)
         True
         >>> handle.remove()
     """
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"expected a torch.optim.Optimizer, got {type_name(optimizer)}")
+    inner = _unwrap(optimizer)
+    if isinstance(module, PackedProjection):
+        packed = module
+
+        def project_packed(_optimizer: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
+            packed()
+
+        return inner.register_step_post_hook(project_packed)
     if not isinstance(module, nn.Module):
-        raise TypeError(f"expected an nn.Module, got {type_name(module)}")
-    if next(constrained_slots(module), None) is None:
+        raise TypeError(
+            f"project_after_step: expected an nn.Module or a PackedProjection, got "
+            f"{type_name(module)}"
+        )
+    if not targets(module):
         raise ValueError(
             f"{type_name(module)} has no tensor constrained by torch_constraints; "
             "call constrain() or constrain_all() first"
         )
 
-    def hook(_optimizer: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
+    def project(_optimizer: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
         hard_project(module)
 
-    return optimizer.register_step_post_hook(hook)
+    return inner.register_step_post_hook(project)
+
+
+def _unwrap(optimizer: Any) -> torch.optim.Optimizer:
+    """The optimizer that updates the weights, under any wrappers exposing ``.optimizer``."""
+    seen: set[int] = set()
+    current = optimizer
+    while id(current) not in seen:
+        seen.add(id(current))
+        inner = getattr(current, "optimizer", None)
+        if inner is None or inner is current:
+            break
+        current = inner
+    if not isinstance(current, torch.optim.Optimizer):
+        raise TypeError(
+            "project_after_step: expected a torch.optim.Optimizer, or a wrapper exposing one "
+            f"as .optimizer, got {type_name(optimizer)}"
+        )
+    return current

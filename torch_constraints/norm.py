@@ -54,8 +54,6 @@ class MaxNorm(SliceConstraint):
         True
     """
 
-    identity_on_feasible = True
-
     def __init__(self, max_value: float = 2.0, dim: Dim = 0) -> None:
         super().__init__(dim)
         self.max_value = _validation.number("MaxNorm", "max_value", max_value, at_least=0)
@@ -123,7 +121,6 @@ class MinMaxNorm(SliceConstraint):
                 f"max_value={max_value}"
             )
         self.rate = _validation.number("MinMaxNorm", "rate", rate, at_least=0, at_most=1)
-        self.identity_on_feasible = self.rate == 1.0
 
     def project(self, x: Tensor) -> Tensor:
         return project_min_max_norm(x, self.min_value, self.max_value, 1.0, self.slices(x))

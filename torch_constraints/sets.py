@@ -81,8 +81,6 @@ class L1Ball(SliceConstraint):
         tensor([ 2.5000, -0.5000,  0.0000])
     """
 
-    identity_on_feasible = True
-
     def __init__(self, radius: float = 1.0, dim: Dim = None) -> None:
         super().__init__(dim)
         self.radius = _validation.number("L1Ball", "radius", radius, at_least=0)
@@ -113,8 +111,6 @@ class L2Ball(SliceConstraint):
         >>> L2Ball(1.0).project(torch.tensor([3.0, 4.0]))
         tensor([0.6000, 0.8000])
     """
-
-    identity_on_feasible = True
 
     def __init__(self, radius: float = 1.0, dim: Dim = None) -> None:
         super().__init__(dim)

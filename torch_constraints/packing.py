@@ -1,0 +1,381 @@
+"""Packed projection: an explicit opt-in that trades storage layout for speed.
+
+Projecting thousands of small tensors one kernel at a time is bound by launch
+and Python overhead, not by memory. A :class:`PackedProjection` copies the
+constrained tensors of each device and dtype into a few flat buffers and rebinds
+each tensor's ``.data`` to a view of its slot. The Parameter objects stay the same
+(optimizers keep them), and tensors whose constraints project identically sit next
+to each other, so each such *run* is projected by one kernel over one view:
+
+* elementwise constraints (``Box``) see the run as one 1-D segment, whatever the
+  shapes of its tensors;
+* other constraints (``MaxNorm``) see a run of same-shaped tensors as one stacked
+  tensor of shape ``(count, *shape)``.
+
+What it costs, and why it is not the default:
+
+* the packed tensors share storages: a ``tensor.detach()`` or ``state_dict()``
+  value taken before packing no longer follows the model (the model's own
+  ``state_dict()`` returns copies of packed tensors while packed, so that no
+  serializer takes them for tied tensors and drops all but one);
+* the object holds a plan, like an optimizer holds its parameter list. Each call
+  checks it by value (every tensor still views its slot, still carries the same
+  constraints, with the same attributes) and repacks when it has changed, but it
+  sees only the tensors that were constrained when it was made: after
+  constraining more tensors, call :meth:`PackedProjection.repack`.
+
+Tensors that share a storage with another tensor (tied weights), that are not
+plain dense tensors (DTensors, strided views) or that are empty are never packed;
+they are projected as :func:`~torch_constraints.hard_project` projects them. Slots
+start on 64-byte boundaries. Buffers hold at most ``MAX_BUFFER_BYTES``.
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from . import _kernels
+from .base import Constraint
+from .projection import Group, Target, groups, targets
+
+__all__ = ["MAX_BUFFER_BYTES", "PackedProjection", "release"]
+
+MAX_BUFFER_BYTES = 256 * 2**20
+_ALIGN_BYTES = 64
+
+#: Live packed projections, weakly: ``unconstrain`` asks them to release a tensor.
+_live: weakref.WeakSet[PackedProjection] = weakref.WeakSet()
+
+
+class PackedProjection:
+    """Pack the constrained tensors of ``module`` into flat buffers; project them in runs.
+
+    Calling the object projects every tensor it covers, in place, like
+    :func:`~torch_constraints.hard_project` (equal results, bit for bit), with one
+    kernel per run of identically constrained packed tensors.
+    :func:`~torch_constraints.project_after_step` accepts it in place of a module.
+
+    Args:
+        module: the root of the module tree; its constrained tensors are packed now.
+        foreach: as in :func:`~torch_constraints.hard_project`, for tensors that are
+            not packed. Default: ``None``.
+
+    Raises:
+        TypeError: if ``module`` is not an ``nn.Module``.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from torch_constraints import PackedProjection, constrain_all
+        >>> model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+        >>> _ = constrain_all(model, -0.1, 0.1)
+        >>> packed = PackedProjection(model)
+        >>> with torch.no_grad():
+        ...     _ = model[1].parametrizations.weight.original.fill_(3.0)
+        >>> packed()
+        >>> bool(model[1].weight.max() <= 0.1), len({p.untyped_storage().data_ptr()
+        ...                                          for p in model.parameters()})
+        (True, 1)
+        >>> packed.unpack()  # every tensor gets a storage of its own again
+    """
+
+    def __init__(self, module: nn.Module, *, foreach: bool | None = None) -> None:
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"PackedProjection: expected an nn.Module, got {type(module).__name__}")
+        self.module = module
+        self.foreach = foreach
+        self._targets: list[Target] = []
+        self._keys: list[Hashable | None] = []
+        self._packs: list[_Pack] = []
+        self._groups: list[Group] = []
+        self._hooks: list[RemovableHandle] = []
+        self._pack()
+        _live.add(self)
+
+    @torch.compiler.disable  # type: ignore[untyped-decorator]
+    @torch.no_grad()
+    def __call__(self) -> None:
+        """Project every covered tensor in place; repack first if the plan has changed."""
+        if not self.is_current():
+            self.repack()
+        for pack in self._packs:
+            pack.project_()
+        for group in self._groups:
+            group.project_(self.foreach)
+
+    def is_current(self) -> bool:
+        """Whether every tensor still views its slot and carries the same constraints."""
+        return (
+            all(pack.intact() for pack in self._packs)
+            and all(target.is_current() for target in self._targets)
+            and [target.chain_key() for target in self._targets] == self._keys
+        )
+
+    def repack(self) -> None:
+        """Unpack, then pack the tensors constrained now (after constraining more of them)."""
+        self.unpack()
+        self._pack()
+
+    def unpack(self) -> None:
+        """Give every packed tensor a storage of its own again (tensors tied since stay tied)."""
+        for handle in self._hooks:
+            handle.remove()
+        with torch.inference_mode(False), torch.no_grad():
+            for pack in self._packs:
+                pack.release()
+        self._targets, self._keys, self._packs, self._groups, self._hooks = [], [], [], [], []
+
+    def release(self, tensor: Tensor) -> None:
+        """Give ``tensor`` its own storage if it is packed here; the rest is repacked later."""
+        if any(pack.holds(tensor) for pack in self._packs):
+            self.unpack()
+
+    def _pack(self) -> None:
+        with torch.inference_mode(False), torch.no_grad():
+            found = targets(self.module)
+            members, loose = _select(self.module, found)
+            by_group: dict[tuple[torch.device, torch.dtype], list[_Member]] = {}
+            for member in members:
+                tensor = member.tensor
+                by_group.setdefault((tensor.device, tensor.dtype), []).append(member)
+            self._packs = [_Pack(group) for group in by_group.values()]
+        self._targets = found
+        self._keys = [target.chain_key() for target in found]
+        self._groups = groups(loose)
+        packed_buffers = frozenset(
+            b.untyped_storage().data_ptr() for pack in self._packs for b in pack.buffers
+        )
+        hook = functools.partial(_copy_packed_entries, packed_buffers)
+        holders = {
+            id(target.holder()): target.holder()
+            for target in found
+            if any(pack.holds(target.tensor) for pack in self._packs)
+        }
+        self._hooks = [
+            holder.register_state_dict_post_hook(hook)  # type: ignore[no-untyped-call]
+            for holder in holders.values()
+        ]
+
+
+def release(tensor: Tensor) -> None:
+    """Unpack every live :class:`PackedProjection` that packed ``tensor``."""
+    for projection in list(_live):
+        projection.release(tensor)
+
+
+# ---------------------------------------------------------------------------- internals
+@dataclass
+class _Member:
+    """A tensor to pack, the constraints applied to it, and the key of its run.
+
+    Members with equal ``run_key`` are projected together: as one 1-D segment when
+    ``flat`` (elementwise constraints), else as one stacked tensor (same shapes).
+    """
+
+    tensor: Tensor
+    constraints: tuple[Constraint, ...]
+    run_key: Hashable
+    flat: bool
+
+
+@dataclass
+class _Run:
+    """Consecutive members projected together through one view."""
+
+    constraints: tuple[Constraint, ...]
+    view: Tensor
+
+
+def _select(module: nn.Module, found: list[Target]) -> tuple[list[_Member], list[Target]]:
+    """Split ``found`` into members to pack and targets left as they are."""
+    storage_users: dict[int, int] = {}
+    for tensor in [*module.parameters(), *module.buffers()]:
+        if _is_packable(tensor):
+            ptr = tensor.untyped_storage().data_ptr()
+            storage_users[ptr] = storage_users.get(ptr, 0) + 1
+    targets_per_tensor: dict[int, int] = {}
+    for target in found:
+        targets_per_tensor[id(target.tensor)] = targets_per_tensor.get(id(target.tensor), 0) + 1
+    members: list[_Member] = []
+    loose: list[Target] = []
+    for index, target in enumerate(found):
+        tensor = target.tensor
+        if (
+            not _is_packable(tensor)
+            or targets_per_tensor[id(tensor)] != 1
+            or storage_users.get(tensor.untyped_storage().data_ptr()) != 1  # tied
+        ):
+            loose.append(target)
+            continue
+        key = target.chain_key()
+        flat = key is not None and all(c.elementwise for c in target.constraints)
+        if key is None:
+            run_key: Hashable = ("alone", index)
+        elif flat:
+            run_key = key
+        else:
+            run_key = (key, tuple(tensor.shape), tuple(tensor.stride()))
+        members.append(_Member(tensor, target.constraints, run_key, flat))
+    return members, loose
+
+
+class _Pack:
+    """Flat buffers for tensors of one device and dtype; the tensors become views of them."""
+
+    def __init__(self, members: Sequence[_Member], *, max_bytes: int = MAX_BUFFER_BYTES) -> None:
+        first = members[0].tensor
+        self.dtype, self.device = first.dtype, first.device
+        self.tensors: list[Tensor] = []
+        self.runs: list[_Run] = []
+        self.buffers: list[Tensor] = []
+        by_key: dict[Hashable, list[_Member]] = {}
+        for member in members:
+            by_key.setdefault(member.run_key, []).append(member)
+        ordered = [member for group in by_key.values() for member in group]
+        for chunk in _chunks(ordered, max_bytes):
+            self._fill(chunk)
+        self.ptrs = _kernels.data_ptrs(self.tensors)
+        self.indices = list(range(len(self.tensors)))
+        self.buffer_ptrs = _kernels.data_ptrs(self.buffers)
+
+    def project_(self) -> None:
+        for run in self.runs:
+            for constraint in run.constraints:
+                constraint.project_(run.view)
+
+    def intact(self) -> bool:
+        """Whether every buffer has its memory and every tensor still views its slot.
+
+        A storage resized in place (``untyped_storage().resize_(0)``) gets a new data
+        pointer, or none; a tensor rebound with ``.data = ...`` views another one.
+        """
+        return _kernels.data_ptrs(self.buffers) == self.buffer_ptrs and (
+            _kernels.data_ptrs_equal(self.tensors, self.ptrs, self.indices)
+        )
+
+    def holds(self, tensor: Tensor) -> bool:
+        return any(tensor is member for member in self.tensors)
+
+    def release(self) -> None:
+        """Give every tensor still viewing a buffer a storage of its own.
+
+        Tensors that view the same slot (tied after packing, ``b.data = a.data``)
+        get the same new storage, so the tie survives.
+        """
+        buffers = {b.untyped_storage().data_ptr() for b in self.buffers}
+        copies: dict[tuple[int, int], Tensor] = {}  # by (storage, offset)
+        for tensor in self.tensors:
+            if tensor.device.type == "meta":
+                continue
+            if tensor.untyped_storage().data_ptr() not in buffers:
+                continue  # rebound elsewhere since: not ours any more
+            slot = (tensor.untyped_storage().data_ptr(), int(tensor.storage_offset()))
+            if slot not in copies:
+                copies[slot] = tensor.data.clone()
+            tensor.data = copies[slot]
+        self.tensors, self.runs, self.buffers = [], [], []
+        self.ptrs, self.indices, self.buffer_ptrs = [], [], []
+
+    def _fill(self, chunk: list[_Member]) -> None:
+        sizes = [_slot_elems(m.tensor) for m in chunk]
+        offsets: list[int] = []
+        buffer = torch.zeros(sum(sizes), dtype=self.dtype, device=self.device)
+        self.buffers.append(buffer)
+        offset, first = 0, 0
+        for i, (member, size) in enumerate(zip(chunk, sizes, strict=True)):
+            tensor = member.tensor
+            view = buffer.as_strided(tensor.shape, tensor.stride(), offset)
+            view.copy_(tensor)
+            tensor.data = view
+            self.tensors.append(tensor)
+            offsets.append(offset)
+            if i + 1 == len(chunk) or chunk[i + 1].run_key != member.run_key:
+                end = offset + tensor.numel()
+                self.runs.append(_run(buffer, chunk[first : i + 1], offsets[first], end))
+                first = i + 1
+            offset += size
+
+
+def _copy_packed_entries(
+    packed_buffers: frozenset[int],
+    module: nn.Module,
+    state_dict: dict[str, Any],
+    prefix: str,
+    local_metadata: dict[str, Any],
+) -> None:
+    """``state_dict`` post-hook: packed tensors are saved as copies, never as shared views.
+
+    Serializers that take tensors sharing a storage for tied weights (safetensors,
+    Accelerate, Hugging Face) would otherwise keep one of them and drop the rest.
+    """
+    for key, value in state_dict.items():
+        if (
+            key.startswith(prefix)
+            and type(value) in (Tensor, nn.Parameter)
+            and value.device.type != "meta"
+            and value.untyped_storage().data_ptr() in packed_buffers
+        ):
+            state_dict[key] = value.detach().clone()
+
+
+def _is_packable(tensor: Tensor) -> bool:
+    """Whether ``tensor`` is a plain, dense tensor that owns its whole storage."""
+    if type(tensor) not in (Tensor, nn.Parameter):
+        return False
+    if tensor.layout != torch.strided or tensor.device.type == "meta" or tensor.is_inference():
+        return False
+    if tensor.numel() == 0 or tensor.storage_offset() != 0:
+        return False
+    nbytes = tensor.numel() * tensor.element_size()
+    return tensor.untyped_storage().nbytes() == nbytes and _is_dense(tensor)
+
+
+def _run(buffer: Tensor, members: list[_Member], start: int, end: int) -> _Run:
+    """The view through which ``members``, packed in ``buffer[start:end]``, are projected."""
+    first = members[0]
+    if first.flat:
+        return _Run(first.constraints, buffer[start:end])
+    shape, stride = first.tensor.shape, first.tensor.stride()
+    if len(members) == 1:
+        return _Run(first.constraints, buffer.as_strided(shape, stride, start))
+    slot = _slot_elems(first.tensor)
+    view = buffer.as_strided((len(members), *shape), (slot, *stride), start)
+    return _Run(first.constraints, view)
+
+
+def _chunks(members: list[_Member], max_bytes: int) -> list[list[_Member]]:
+    chunks: list[list[_Member]] = [[]]
+    used = 0
+    for member in members:
+        nbytes = _slot_elems(member.tensor) * member.tensor.element_size()
+        if chunks[-1] and used + nbytes > max_bytes:
+            chunks.append([])
+            used = 0
+        chunks[-1].append(member)
+        used += nbytes
+    return chunks
+
+
+def _slot_elems(tensor: Tensor) -> int:
+    align = max(1, _ALIGN_BYTES // tensor.element_size())
+    return -(-tensor.numel() // align) * align
+
+
+def _is_dense(tensor: Tensor) -> bool:
+    """Non-overlapping and dense: some permutation of the dims is contiguous."""
+    expected = 1
+    for size, stride in sorted(zip(tensor.shape, tensor.stride(), strict=True), key=lambda d: d[1]):
+        if size == 1:
+            continue
+        if stride != expected:
+            return False
+        expected *= size
+    return True
