@@ -1,0 +1,203 @@
+"""PackedProjection: the explicit opt-in; its plan is checked by value on every call."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import raw
+from test_projection import Zoo, raws, reference, scramble
+from torch import nn
+from torch.nn.utils import parametrize
+
+from torch_constraints import (
+    MaxNorm,
+    MinMaxNorm,
+    PackedProjection,
+    UnitNorm,
+    constrain,
+    constrain_all,
+    hard_project,
+    named_constraints,
+    project_after_step,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
+
+
+def is_packed(tensor: torch.Tensor) -> bool:
+    return tensor.untyped_storage().nbytes() > tensor.nbytes
+
+
+def test_packing_keeps_parameter_identity_strides_and_values() -> None:
+    zoo = Zoo()
+    params = dict(zoo.named_parameters())
+    strides = {n: p.stride() for n, p in params.items()}
+    values = reference(zoo)
+    packed = PackedProjection(zoo)
+    packed()
+    assert dict(zoo.named_parameters()) == params
+    assert {n: p.stride() for n, p in params.items()} == strides
+    assert all(torch.equal(raws(zoo)[n], values[n]) for n in values)
+    members = {id(t) for p in packed._packs for t in p.tensors}
+    assert id(raw(zoo.a)) in members and id(raw(zoo.conv)) in members
+    assert id(zoo.parametrizations.transposed.original) in members
+    assert id(zoo.parametrizations.strided.original) not in members
+    # All float32 tensors with only Box(-0.5, 0.5), whatever their shapes, form one run.
+    float32_pack = next(p for p in packed._packs if p.dtype == torch.float32)
+    box = ("box", -0.5, 0.5)
+    runs = [r for r in float32_pack.runs if [c.fusion_key() for c in r.constraints] == [box]]
+    assert len(runs) == 1
+    sizes = [raw(m, n).numel() for m in (zoo.a, zoo.b, zoo.same_as_a) for n in ("weight", "bias")]
+    assert runs[0].view.numel() >= sum(sizes)
+    # Same-shaped tensors under one norm constraint form one stacked run.
+    norm_runs = [r for r in float32_pack.runs if isinstance(r.constraints[0], MaxNorm)]
+    assert [tuple(r.view.shape) for r in norm_runs] == [(3, 4, 6)]
+    float64_pack = next(p for p in packed._packs if p.dtype == torch.float64)
+    unit_runs = [r for r in float64_pack.runs if isinstance(r.constraints[0], UnitNorm)]
+    assert [tuple(r.view.shape) for r in unit_runs] == [(2, 4, 6)]
+
+
+def test_project_after_step_takes_a_packed_projection() -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    constrain_all(model, -0.3, 0.3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    handle = project_after_step(optimizer, PackedProjection(model))
+    x, y = torch.randn(64, 4), torch.randn(64, 1)
+    losses = []
+    for _ in range(20):
+        optimizer.zero_grad()
+        loss = (model(x) - y).square().mean()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        assert all(is_packed(p) for p in model.parameters())
+        assert all(p.abs().max() <= 0.3 for p in model.parameters())
+    assert losses[-1] < losses[0]
+    handle.remove()
+
+
+def test_a_rebound_member_is_projected_once_then_repacked() -> None:
+    # MinMaxNorm with rate < 1 moves a norm part of the way per call: projecting a
+    # tensor twice in one call would show.
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    constrain_all(model, MinMaxNorm(1.0, 2.0, rate=0.5), include={"weight"})
+    packed = PackedProjection(model)
+    assert is_packed(raw(model[0]))
+    raw(model[0]).data = torch.full((4, 4), 2.0)  # each row's norm is 4
+    expected = torch.full((4, 4), 2.0)
+    MinMaxNorm(1.0, 2.0, rate=0.5).project_(expected)  # norm 3: half way to 2
+    packed()
+    assert torch.equal(raw(model[0]), expected)
+    assert is_packed(raw(model[0]))  # again, for the next call
+    packed()
+    MinMaxNorm(1.0, 2.0, rate=0.5).project_(expected)
+    assert torch.equal(raw(model[0]), expected)
+
+
+def test_a_buffer_that_lost_its_storage_is_noticed_before_projecting() -> None:
+    layer = constrain(nn.Linear(4, 4), "weight", -1, 1)
+    packed = PackedProjection(layer)
+    (buffer,) = packed._packs[0].buffers
+    raw(layer).data = torch.full((4, 4), 5.0)
+    buffer.untyped_storage().resize_(0)  # as code freeing memory in place would
+    packed()  # must not write into the freed storage
+    assert torch.equal(raw(layer), torch.ones(4, 4))
+
+
+def test_module_to_is_noticed_and_the_old_buffer_left_alone() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    constrain_all(model, -1, 1)
+    packed = PackedProjection(model)
+    (old,) = packed._packs[0].buffers
+    model.to(torch.float64)
+    old.fill_(5.0)
+    scramble(model)
+    packed()
+    assert (old == 5.0).all()
+    assert all(p.dtype == torch.float64 and p.abs().max() <= 1 for p in model.parameters())
+    assert all(is_packed(p) for p in model.parameters())
+
+
+def test_a_changed_attribute_takes_effect_for_that_tensor_alone() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4))
+    constrain_all(model, -0.1, 0.1, include={"weight"})
+    packed = PackedProjection(model)
+    dict(named_constraints(model))["1.weight"].max = 0.01
+    scramble(model)
+    packed()
+    assert raw(model[0]).max().item() == pytest.approx(0.1)
+    assert raw(model[1]).max().item() == pytest.approx(0.01)
+    assert raw(model[2]).max().item() == pytest.approx(0.1)
+
+
+def test_a_constraint_removed_by_pytorch_is_no_longer_projected() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    constrain_all(model, -1, 1)
+    packed = PackedProjection(model)
+    parametrize.remove_parametrizations(model[0], "weight", leave_parametrized=False)
+    with torch.no_grad():
+        model[0].weight.fill_(5.0)
+    packed()
+    weight = model[0].weight
+    assert (weight == 5.0).all()
+    assert not is_packed(weight)  # unpacked with the rest, not packed again
+
+
+def test_tensors_constrained_later_are_covered_after_repack() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    constrain(model, "0.weight", -1, 1)
+    packed = PackedProjection(model)
+    constrain(model, "1.weight", -0.1, 0.1)
+    scramble(model)
+    packed()
+    assert raw(model[1]).abs().max() > 0.1  # the documented limit: like an optimizer's list
+    packed.repack()
+    packed()
+    assert raw(model[1]).abs().max().item() == pytest.approx(0.1)
+
+
+def test_unpack_gives_every_tensor_its_own_storage_and_keeps_values() -> None:
+    zoo = Zoo()
+    packed = PackedProjection(zoo)
+    scramble(zoo)
+    packed()
+    values = raws(zoo)
+    members = [t for p in packed._packs for t in p.tensors]
+    assert len(members) > 10
+    packed.unpack()
+    assert not any(is_packed(t) for t in members)
+    assert all(torch.equal(raws(zoo)[n], v) for n, v in values.items())
+    scramble(zoo)
+    expected = reference(zoo)
+    packed()  # an unpacked projection packs again when called
+    assert all(torch.equal(raws(zoo)[n], v) for n, v in expected.items())
+
+
+def test_state_dict_holds_copies_while_packed_and_views_again_after() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    constrain_all(model, -1, 1)
+    packed = PackedProjection(model)
+    state = model.state_dict()
+    assert all(not is_packed(v) for v in state.values())
+    assert all(torch.equal(v, p) for v, p in zip(state.values(), model.parameters(), strict=True))
+    packed.unpack()
+    state = model.state_dict()
+    ptrs = [p.data_ptr() for p in model.parameters()]
+    assert [v.data_ptr() for v in state.values()] == ptrs  # PyTorch's aliasing, as usual
+
+
+def test_equals_hard_project_on_the_zoo() -> None:
+    zoo, twin = Zoo(), Zoo()
+    packed = PackedProjection(zoo)
+    for _ in range(2):
+        scramble(zoo)
+        scramble(twin)
+        packed()
+        hard_project(twin)
+        want = raws(twin)
+        assert all(torch.equal(v, want[n]) for n, v in raws(zoo).items())
+
+
+def test_refuses_what_is_not_a_module() -> None:
+    with pytest.raises(TypeError, match=r"PackedProjection: expected an nn\.Module, got list"):
+        PackedProjection([])  # type: ignore[arg-type]
