@@ -97,13 +97,14 @@ class PackedProjection:
         self._packs: list[_Pack] = []
         self._groups: list[Group] = []
         self._hooks: list[RemovableHandle] = []
+        self._packed = False
         self._pack()
         _live.add(self)
 
     @torch.compiler.disable  # type: ignore[untyped-decorator]
     @torch.no_grad()
     def __call__(self) -> None:
-        """Project every covered tensor in place; repack first if the plan has changed."""
+        """Project every covered tensor in place; (re)pack first if the plan has changed."""
         if not self.is_current():
             self.repack()
         for pack in self._packs:
@@ -112,9 +113,10 @@ class PackedProjection:
             group.project_(self.foreach)
 
     def is_current(self) -> bool:
-        """Whether every tensor still views its slot and carries the same constraints."""
+        """Whether packed, with every tensor in its slot and carrying the same constraints."""
         return (
-            all(pack.intact() for pack in self._packs)
+            self._packed
+            and all(pack.intact() for pack in self._packs)
             and all(target.is_current() for target in self._targets)
             and [target.chain_key() for target in self._targets] == self._keys
         )
@@ -125,13 +127,17 @@ class PackedProjection:
         self._pack()
 
     def unpack(self) -> None:
-        """Give every packed tensor a storage of its own again (tensors tied since stay tied)."""
+        """Give every packed tensor a storage of its own again (tensors tied since stay tied).
+
+        Calling the object afterwards packs again.
+        """
         for handle in self._hooks:
             handle.remove()
         with torch.inference_mode(False), torch.no_grad():
             for pack in self._packs:
                 pack.release()
         self._targets, self._keys, self._packs, self._groups, self._hooks = [], [], [], [], []
+        self._packed = False
 
     def release(self, tensor: Tensor) -> None:
         """Give ``tensor`` its own storage if it is packed here; the rest is repacked later."""
@@ -149,6 +155,7 @@ class PackedProjection:
             self._packs = [_Pack(group) for group in by_group.values()]
         self._targets = found
         self._keys = [target.chain_key() for target in found]
+        self._packed = True
         self._groups = groups(loose)
         packed_buffers = frozenset(
             b.untyped_storage().data_ptr() for pack in self._packs for b in pack.buffers
