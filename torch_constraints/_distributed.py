@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterable, Iterator
 
 from torch import Tensor
+from torch.nn import Parameter
 
 __all__ = ["any_dtensor", "plain_tensors_replicated"]
 
@@ -24,7 +25,10 @@ def any_dtensor(tensors: Iterable[Tensor]) -> bool:
     """Whether any of ``tensors`` is a DTensor (without importing ``torch.distributed``)."""
     module = sys.modules.get("torch.distributed.tensor")
     dtensor = getattr(module, "DTensor", None)
-    return dtensor is not None and any(isinstance(t, dtensor) for t in tensors)
+    plain = (Tensor, Parameter)
+    return dtensor is not None and any(
+        type(t) not in plain and isinstance(t, dtensor) for t in tensors
+    )
 
 
 @contextlib.contextmanager

@@ -14,35 +14,41 @@ from torch import Tensor
 __all__ = ["clamp_", "data_ptrs", "data_ptrs_equal", "foreach_supported"]
 
 try:
-    from torch.utils._foreach_utils import _device_has_foreach_support
+    from torch.utils._foreach_utils import _get_foreach_kernels_supported_devices
 except ImportError:  # pragma: no cover - depends on the PyTorch release
 
-    def _device_has_foreach_support(device: torch.device) -> bool:
-        return device.type == "cuda"
+    def _get_foreach_kernels_supported_devices() -> list[str]:
+        return ["cuda"]
 
 
 _ptrs_equal = getattr(torch._C, "_tensors_data_ptrs_at_indices_equal", None)
 
 
 def foreach_supported(device: torch.device, foreach: bool | None) -> bool:
-    """Resolve a ``foreach`` flag: ``None`` means "where PyTorch has fast foreach kernels"."""
+    """Resolve a ``foreach`` flag: ``None`` means "where PyTorch has fused foreach kernels".
+
+    On the CPU PyTorch's foreach functions loop over the tensors in C++, one kernel
+    each: a clamp then takes two passes over memory (there is no foreach clamp with
+    both bounds), where a loop of ``clamp_`` takes one. Only devices with fused
+    multi-tensor kernels (CUDA, XPU, ...) use foreach by default.
+    """
     if foreach is None:
-        return bool(_device_has_foreach_support(device))
+        return device.type in _get_foreach_kernels_supported_devices()
     return foreach
 
 
 def clamp_(tensors: Sequence[Tensor], lo: float | None, hi: float | None, *, foreach: bool) -> None:
     """Clamp every tensor in place to ``[lo, hi]`` (one device and dtype)."""
-    # nn.Parameter fails PyTorch's foreach support check and would silently take a
-    # slow per-tensor path: work on detached aliases instead.
-    detached = [t.detach() for t in tensors]
-    if foreach and detached:
+    if foreach and tensors:
+        # nn.Parameter fails PyTorch's foreach support check and would silently take a
+        # slow per-tensor path: work on detached aliases instead.
+        detached = [t.detach() for t in tensors]
         if lo is not None:
             torch._foreach_clamp_min_(detached, lo)
         if hi is not None:
             torch._foreach_clamp_max_(detached, hi)
         return
-    for t in detached:
+    for t in tensors:
         t.clamp_(lo, hi)
 
 

@@ -53,7 +53,7 @@ class SliceConstraint(Constraint):
             return None
         config = tuple(sorted((k, v) for k, v in self.get_config().items() if k != "dim"))
         dims = tuple(sorted(d % max(self._event_ndim, 1) for d in self._dims()))
-        return (type(self).__name__, config, self.dim is None, dims)
+        return (type(self).__name__, config, self._event_ndim, self.dim is None, dims)
 
     def _dims(self) -> tuple[int, ...]:
         if self.dim is None:

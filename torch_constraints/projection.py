@@ -80,7 +80,7 @@ def hard_project(module: nn.Module, *, foreach: bool | None = None) -> None:
             group.project_(foreach)
 
 
-@dataclass
+@dataclass(slots=True)
 class Target:
     """A raw tensor, the constraints applied to it (in order), and where both were found."""
 
@@ -114,10 +114,13 @@ class Target:
 
     def chain_key(self) -> Hashable | None:
         """Equal for targets whose constraints project identically now; ``None``: unique."""
-        keys = tuple(c.fusion_key() for c in self.constraints)
-        if any(key is None for key in keys):
-            return None
-        return (tuple(type(c) for c in self.constraints), keys)
+        keys = []
+        for constraint in self.constraints:
+            key = constraint.fusion_key()
+            if key is None:
+                return None
+            keys.append((type(constraint), key))
+        return tuple(keys)
 
 
 def targets(module: nn.Module) -> list[Target]:
@@ -169,7 +172,7 @@ def _original(chain: nn.Module) -> Tensor:
     return tensor
 
 
-@dataclass
+@dataclass(slots=True)
 class Group:
     """Tensors that one multi-tensor call per constraint can project."""
 
