@@ -270,7 +270,7 @@ def _norm_factors(
     zero = n == 0
     kept = (n >= lo * (1 - slack)) & (n <= hi * (1 + slack))
     pinned = torch.where(n > hi, hi, lo)
-    g = pinned / torch.where(ns > 0, ns, 1.0)  # the factor is g * s
+    g = pinned / torch.where(ns == 0, 1.0, ns)  # the factor is g * s; NaN stays NaN
     if rate != 1.0:  # Keras' partial step: d = rate * clamp(n) + (1 - rate) * n
         g = rate * g + (1.0 - rate) / s
     if rows.dtype == torch.float64:
