@@ -140,8 +140,14 @@ def test_infinite_entries_share_the_mass_of_the_simplex_and_the_l1_ball() -> Non
 
 @pytest.mark.parametrize(
     "c",
-    [MaxNorm(1.0), UnitNorm(), MinMaxNorm(0.5, 1.0), L2Ball(1.0, dim=0), L1Ball(1.0, dim=0)]
-    + [Simplex(1.0, dim=0)],
+    [
+        MaxNorm(1.0),
+        UnitNorm(),
+        MinMaxNorm(0.5, 1.0),
+        L2Ball(1.0, dim=0),
+        L1Ball(1.0, dim=0),
+        Simplex(1.0, dim=0),
+    ],
     ids=lambda c: type(c).__name__,
 )
 def test_a_nan_makes_its_slice_nan_and_leaves_the_others(c: nn.Module) -> None:

@@ -300,10 +300,11 @@ def _project_norm(x: Tensor, dim: Dim, lo: float, hi: float, rate: float = 1.0) 
 
 
 def _project_norm_(x: Tensor, dim: Dim, lo: float, hi: float, rate: float = 1.0) -> Tensor:
-    rows, _, per_row = _rows(x, dim)
-    f1, f2 = _norm_factors(_finite(rows), lo, hi, rate)
     big = torch.finfo(x.dtype).max
-    return x.clamp_(-big, big).mul_(per_row(f1)).mul_(per_row(f2))
+    x.clamp_(-big, big)  # the same values as _finite(x), without a copy
+    rows, _, per_row = _rows(x, dim)
+    f1, f2 = _norm_factors(rows, lo, hi, rate)
+    return x.mul_(per_row(f1)).mul_(per_row(f2))
 
 
 def project_l2_ball(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor:
