@@ -429,8 +429,9 @@ def _simplex_of_shifted(shifted: Tensor, total: float, dtype: torch.dtype) -> Te
     ordered = shifted.sort(dim=-1, descending=True).values
     excess = ordered.cumsum(dim=-1) - total
     count = torch.arange(1, shifted.shape[-1] + 1, device=shifted.device, dtype=shifted.dtype)
-    # NaN from -inf entries compares False: those entries are never in the support.
-    support = (ordered - excess / count) > 0
+    # An entry in the support lies within `total` of the maximum 0, so its cumulative
+    # sum is finite: an infinite one (-inf entries, overflow far below) is outside.
+    support = ((ordered - excess / count) > 0) & excess.isfinite()
     size = support.sum(dim=-1, keepdim=True).clamp_min(1)
     theta = excess.gather(-1, size - 1) / size.to(shifted.dtype)
     kept = (shifted - theta).clamp_min(0)
