@@ -258,3 +258,15 @@ def test_a_second_hard_project_is_a_no_op() -> None:
     before = [p.detach().clone() for p in model.parameters()]
     hard_project(model)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_entries_outside_the_support_stay_exactly_zero() -> None:
+    # The threshold's final correction must not lift entries it had set to 0.
+    generator = torch.Generator().manual_seed(4)
+    for _ in range(300):
+        x = torch.randn(20, dtype=F64, generator=generator)
+        for c in (L1Ball(1.2), Simplex(1.2)):
+            y = c.project(x)
+            reference = simplex_reference((x.abs() if isinstance(c, L1Ball) else x).tolist(), 1.2)
+            assert ((y == 0) == torch.tensor([v == 0 for v in reference])).all()
+            assert torch.equal(c.project(y), y)

@@ -437,7 +437,7 @@ def _simplex_of_shifted(shifted: Tensor, total: float, dtype: torch.dtype) -> Te
     kept = (shifted - theta).clamp_min(0)
     active = (kept > 0).sum(dim=-1, keepdim=True).clamp_min(1)
     correction = (_accurate_sum(kept, dtype) - total) / active.to(shifted.dtype)
-    return (kept - correction).clamp_min(0)
+    return torch.where(kept == 0, 0.0, kept - correction).clamp_min(0)
 
 
 def project_l1_ball(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor:
