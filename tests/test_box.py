@@ -117,3 +117,37 @@ def test_a_range_holding_no_value_of_the_dtype_is_refused_at_registration() -> N
         constrain(module, "w", 1.62890625, 1.62890625)
     constrain(module, "w", 1.62890625, 1.64)  # 1.6328125 is a bfloat16 value inside
     assert module.w.tolist() == [1.6328125, 1.6328125]
+
+
+@pytest.mark.parametrize(
+    ("bounds", "message"),
+    [
+        (
+            (70000.0, None),
+            "Linear.weight: min=70000.0 is above the largest finite torch.float16 value "
+            "(65504): the constrained elements would all become inf",
+        ),
+        (
+            (None, -70000.0),
+            "Linear.weight: max=-70000.0 is below the lowest finite torch.float16 value "
+            "(-65504): the constrained elements would all become -inf",
+        ),
+        (
+            (Box(min=torch.tensor([[0.0, 7e4]])),),
+            "Linear.weight: min=tensor of shape (1, 2) is above the largest finite "
+            "torch.float16 value (65504)",
+        ),
+    ],
+    ids=["min", "max", "tensor"],
+)
+def test_a_one_sided_bound_outside_the_dtype_is_refused(
+    bounds: tuple[object, ...], message: str
+) -> None:
+    layer = nn.Linear(2, 1).half()
+    before = layer.weight.detach().clone()
+    with pytest.raises(ValueError) as error:
+        constrain(layer, "weight", *bounds)  # type: ignore[arg-type]
+    assert str(error.value).startswith(message)
+    assert torch.equal(layer.weight, before) and not hasattr(layer, "parametrizations")
+    constrain(layer, "weight", 65504.0, None)  # the largest finite value itself is fine
+    assert (layer.weight == 65504).all()

@@ -81,6 +81,16 @@ class Box(Constraint):
         if x.device.type == "meta":
             return  # no values to compare
         lo, hi = box_bounds(torch.empty((), dtype=x.dtype, device=x.device), self.min, self.max)
+        for name, rounded, side in (("min", lo, math.inf), ("max", hi, -math.inf)):
+            if rounded is not None and bool(torch.as_tensor(rounded == side).any()):
+                info = torch.finfo(x.dtype)
+                limit = f"above the largest finite {x.dtype} value ({info.max:g})"
+                if side < 0:
+                    limit = f"below the lowest finite {x.dtype} value ({info.min:g})"
+                raise ValueError(
+                    f"{where}: {name}={_short(getattr(self, name))} is {limit}: the "
+                    f"constrained elements would all become {side}"
+                )
         if lo is not None and hi is not None and bool(torch.as_tensor(lo > hi).any()):
             raise ValueError(
                 f"{where}: no {x.dtype} value lies in [min, max] (the range is narrower than "

@@ -33,6 +33,7 @@ __all__ = [
     "project_min_max_norm_",
     "project_simplex",
     "project_simplex_",
+    "tolerance",
 ]
 
 #: A bound: a number, a tensor broadcastable to the projected tensor, or None (unbounded).
@@ -129,51 +130,183 @@ def _reduced_dims(x: Tensor, dim: Dim) -> list[int]:
     return [d for d in range(x.ndim) if d not in kept]
 
 
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    """Reductions of half-precision tensors run in float32."""
-    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+def _rows(
+    x: Tensor, dim: Dim
+) -> tuple[Tensor, Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+    """View ``x`` as a 2-D tensor with one slice per row.
 
-
-def _tolerance(dtype: torch.dtype) -> float:
-    """Relative slack under which a slice counts as already in the set.
-
-    Rescaling a slice to norm ``r`` lands within a few rounding errors of ``r``;
-    without slack, projecting the result again would rescale it by one ulp. Half
-    types round each element by up to ``eps / 4``; single and double precision
-    also accumulate error in the norm itself.
+    Returns the rows, the map of a rows-shaped tensor back to ``x``'s layout, and
+    the map of a per-row ``(rows, 1)`` tensor to one that broadcasts against ``x``.
     """
-    eps = torch.finfo(dtype).eps
-    return eps if dtype in (torch.float16, torch.bfloat16) else 4 * eps
-
-
-def _norms(x: Tensor, dim: Dim, ord: float = 2.0) -> Tensor:
-    """The ``ord``-norm of every slice, shaped to broadcast against ``x``."""
     reduced = _reduced_dims(x, dim)
-    dtype = _compute_dtype(x)
-    if not reduced:  # every element is a slice of its own
-        return x.abs().to(dtype)
-    norms: Tensor = torch.linalg.vector_norm(x, ord=ord, dim=reduced, keepdim=True, dtype=dtype)
-    return norms
+    kept = [d for d in range(x.ndim) if d not in reduced]
+    order = kept + reduced
+    moved = x.permute(order)
+    moved_shape = moved.shape
+    rows = moved.reshape(-1, math.prod(moved_shape[len(kept) :]))
+    inverse = [order.index(d) for d in range(x.ndim)]
+    per_row_shape = [*moved_shape[: len(kept)], *([1] * len(reduced))]
+
+    def restore(result: Tensor) -> Tensor:
+        return result.reshape(moved_shape).permute(inverse)
+
+    def per_row(values: Tensor) -> Tensor:
+        return values.reshape(per_row_shape).permute(inverse)
+
+    return rows, restore, per_row
 
 
-def _scale_to(x: Tensor, norms: Tensor, target: Tensor) -> Tensor:
-    """Per-slice factors that bring each slice's norm from ``norms`` to ``target``.
+# ---------------------------------------------------------------------------- accuracy
+#: Relative slack of each membership test, per dtype (see :func:`tolerance`).
+_SLACK_IN_EPS = {torch.float16: 2, torch.bfloat16: 2, torch.float32: 2, torch.float64: 4}
 
-    A slice already within tolerance of its target keeps the factor 1 exactly, so
-    its values are returned bit for bit; its gradient is still that of
-    ``target / norm`` (the identity inside a ball, the tangent projection on a
-    sphere). A zero slice gets factor 0: it stays zero, with a zero gradient.
+
+def tolerance(dtype: torch.dtype) -> float:
+    r"""Return the relative slack under which a slice counts as already in its set.
+
+    A slice of an L2 ball, shell or sphere is kept, bit for bit, when its L2 norm
+    :math:`n` satisfies :math:`\text{min}(1 - \tau) \le n \le \text{max}(1 + \tau)`;
+    a slice of an L1 ball when :math:`\lVert x \rVert_1 \le r (1 + \tau)`; a slice of
+    the simplex when it is nonnegative and :math:`\lvert \sum_i x_i - s \rvert \le \tau s`.
+    :math:`\tau` is ``2 * eps`` for float16, bfloat16 and float32 and ``4 * eps`` for
+    float64, whatever the length of the slice: the norms and sums behind these tests
+    are computed accurately (float64 accumulation for the smaller dtypes; scaled,
+    compensated pairwise summation for float64), to within about one ``eps`` of the
+    exact value, and a projected slice lands within about two ``eps`` of the set, so
+    projecting it again changes nothing.
+
+    Args:
+        dtype: a floating-point dtype.
+
+    Returns:
+        :math:`\tau` for ``dtype``.
+
+    Example:
+        >>> import torch
+        >>> from torch_constraints.functional import tolerance
+        >>> tolerance(torch.float32) == 2 * torch.finfo(torch.float32).eps
+        True
     """
-    ratio = target / norms.clamp_min(torch.finfo(norms.dtype).tiny)
-    unchanged = (norms - target).abs() <= _tolerance(x.dtype) * target
-    one = torch.ones_like(ratio)
-    if torch.is_grad_enabled() and x.requires_grad:
-        one = one + (ratio - ratio.detach())
-    return torch.where(norms == 0, 0.0, torch.where(unchanged, one, ratio))
+    return _SLACK_IN_EPS.get(dtype, 4) * torch.finfo(dtype).eps
 
 
-def _rescaled(x: Tensor, scale: Tensor) -> Tensor:
-    return (x * scale).to(x.dtype)
+def _wide(rows: Tensor) -> Tensor:
+    """``rows`` in float64: every value of the smaller dtypes is exact there."""
+    return rows.to(torch.float64)
+
+
+def _compensated_sum(t: Tensor) -> Tensor:
+    """Sum float64 ``t`` over its last dimension (keepdim) to about one rounding error.
+
+    Pairwise summation in which every addition also yields its exact rounding
+    error (Knuth's TwoSum); the errors are added back at the end. One vectorised
+    step per level of the tree, ``log2(n)`` steps in all.
+    """
+    if t.shape[-1] == 0:
+        return t.sum(dim=-1, keepdim=True)
+    error = torch.zeros_like(t[..., :1])
+    while t.shape[-1] > 1:
+        if t.shape[-1] % 2:
+            t = torch.nn.functional.pad(t, (0, 1))
+        a, b = t[..., 0::2], t[..., 1::2]
+        total = a + b
+        b_part = total - a
+        error = error + ((a - (total - b_part)) + (b - b_part)).sum(dim=-1, keepdim=True)
+        t = total
+    return t + error
+
+
+def _accurate_sum(wide: Tensor, dtype: torch.dtype) -> Tensor:
+    """Row sums of float64 ``wide`` holding values of ``dtype``, accurate to ~1 rounding.
+
+    Values of the smaller dtypes carry at most 24 significant bits, so a float64
+    sum of up to 2**26 of them errs by less than an eighth of their ``eps``.
+    """
+    if dtype == torch.float64:
+        return _compensated_sum(wide)
+    return wide.sum(dim=-1, keepdim=True)
+
+
+# ---------------------------------------------------------------------------- L2 norms
+def _finite(x: Tensor) -> Tensor:
+    """``x`` with ``+inf``/``-inf`` replaced by the dtype's largest finite value; NaN kept."""
+    big = torch.finfo(x.dtype).max
+    return x.clamp(-big, big)
+
+
+def _norm_parts(rows: Tensor) -> tuple[Tensor, Tensor]:
+    """Each row's L2 norm as ``(ns, s)``: float64 ``(rows, 1)`` with ``norm = ns / s``.
+
+    The smaller dtypes are squared and summed in float64, where nothing overflows
+    or underflows (``s = 1``). Float64 rows are first scaled by a power of two ``s``
+    that brings their largest magnitude into ``[0.5, 1)`` (exact), as BLAS ``nrm2``
+    and ``hypot`` do, then summed with compensation.
+    """
+    if rows.dtype != torch.float64:
+        ns = torch.linalg.vector_norm(_wide(rows), dim=-1, keepdim=True)
+        return ns, torch.ones_like(ns.detach())
+    with torch.no_grad():
+        largest = torch.maximum(rows.amax(dim=-1, keepdim=True), -rows.amin(dim=-1, keepdim=True))
+        exponent = torch.frexp(largest).exponent.clamp(-1000, 1000)
+        s = torch.ldexp(torch.ones_like(largest), -exponent)
+    ns = _compensated_sum((rows * s).square()).sqrt()
+    return ns, s
+
+
+def _norm_factors(
+    rows: Tensor, lo: float, hi: float, rate: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """Per-row factors ``(f1, f2)``: ``rows * f1 * f2`` has its norm brought into ``[lo, hi]``.
+
+    ``f1`` is a power of two and ``f2`` a normal number of the computing dtype, so
+    that the product is right whether the factor is tiny or huge. A row within
+    :func:`tolerance` of ``[lo, hi]`` gets ``(1, 1)`` exactly and is returned bit for
+    bit; its Jacobian is the identity when its norm lies in ``[lo, hi]`` (a zero row
+    of a ball included) and that of :math:`x \\cdot \\text{bound} / n` otherwise (on a
+    sphere). A zero row of a set that excludes 0 gets ``(1, 0)``: it stays zero,
+    with a zero gradient.
+    """
+    ns, s = _norm_parts(rows)
+    n = ns / s  # float64; inf only for float64 rows whose norm exceeds its range
+    slack = tolerance(rows.dtype)
+    zero = n == 0
+    kept = (n >= lo * (1 - slack)) & (n <= hi * (1 + slack))
+    pinned = torch.where(n > hi, hi, lo)
+    g = pinned / torch.where(ns == 0, 1.0, ns)  # the factor is g * s; NaN stays NaN
+    if rate != 1.0:  # Keras' partial step: d = rate * clamp(n) + (1 - rate) * n
+        g = rate * g + (1.0 - rate) / s
+    if rows.dtype == torch.float64:
+        f1, f2 = s, g
+    else:  # s == 1: split g into a power of two and a float32 normal number
+        with torch.no_grad():
+            e = torch.frexp(g).exponent
+            f1 = torch.ldexp(torch.ones_like(g), (e - e.clamp(-120, 120)).clamp(-126, 127))
+        f2 = g / f1
+    compute = torch.float64 if rows.dtype == torch.float64 else torch.float32
+    one = torch.ones_like(n)
+    if torch.is_grad_enabled() and rows.requires_grad:
+        # Value 1, gradient of bound / n where the norm is pinned to a bound.
+        pinned_here = kept & ~zero & ((n > hi) | (n < lo) | (lo == hi))
+        ratio = pinned / torch.where(pinned_here, n, 1.0)
+        one = torch.where(pinned_here, one + (ratio - ratio.detach()), one)
+    zero_out = zero & ~kept  # a zero row outside the set (lo > 0): stays zero
+    f1 = torch.where(kept | zero_out, 1.0, f1).to(compute)
+    f2 = torch.where(kept, one, torch.where(zero_out, 0.0, f2)).to(compute)
+    return f1, f2
+
+
+def _project_norm(x: Tensor, dim: Dim, lo: float, hi: float, rate: float = 1.0) -> Tensor:
+    rows, _, per_row = _rows(x, dim)
+    f1, f2 = _norm_factors(_finite(rows), lo, hi, rate)
+    return (_finite(x) * per_row(f1) * per_row(f2)).to(x.dtype)
+
+
+def _project_norm_(x: Tensor, dim: Dim, lo: float, hi: float, rate: float = 1.0) -> Tensor:
+    big = torch.finfo(x.dtype).max
+    x.clamp_(-big, big)  # the same values as _finite(x), without a copy
+    rows, _, per_row = _rows(x, dim)
+    f1, f2 = _norm_factors(rows, lo, hi, rate)
+    return x.mul_(per_row(f1)).mul_(per_row(f2))
 
 
 def project_l2_ball(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor:
@@ -184,8 +317,10 @@ def project_l2_ball(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor:
         C = \{y : \lVert y \rVert_2 \le r\}, \qquad
         P_C(x) = x \cdot \min\!\left(1, \frac{r}{\lVert x \rVert_2}\right)
 
-    A slice inside the ball is returned unchanged, bit for bit (up to a relative
-    slack of a few ulps, see the concepts page); a zero slice stays zero.
+    A slice inside the ball (up to :func:`tolerance`) is returned unchanged, bit for
+    bit, with the identity Jacobian (a zero slice included). The norm is computed
+    without overflow or underflow at every finite magnitude; an infinite entry
+    counts as the dtype's largest finite value, and a NaN makes its slice NaN.
 
     Args:
         x: the tensor to project.
@@ -203,14 +338,12 @@ def project_l2_ball(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor:
         tensor([[1.2000, 1.6000],
                 [0.3000, 0.4000]])
     """
-    norms = _norms(x, dim)
-    return _rescaled(x, _scale_to(x, norms, norms.clamp_max(radius)))
+    return _project_norm(x, dim, 0.0, radius)
 
 
 def project_l2_ball_(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor:
-    """In-place :func:`project_l2_ball`."""
-    norms = _norms(x, dim)
-    return x.mul_(_scale_to(x, norms, norms.clamp_max(radius)))
+    """In-place :func:`project_l2_ball`: the same values, bit for bit, written into ``x``."""
+    return _project_norm_(x, dim, 0.0, radius)
 
 
 def project_l2_sphere(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor:
@@ -222,7 +355,8 @@ def project_l2_sphere(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor
         \quad (x \ne 0)
 
     Every point of the sphere is equally near to 0, so a zero slice has no unique
-    projection; it is kept at zero (as Keras' ``UnitNorm`` does).
+    projection; it is kept at zero (as Keras' ``UnitNorm`` does), with a zero
+    gradient. Slices within :func:`tolerance` of the sphere are returned bit for bit.
 
     Example:
         >>> import torch
@@ -231,14 +365,12 @@ def project_l2_sphere(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor
         tensor([[0.6000, 0.8000],
                 [0.0000, 0.0000]])
     """
-    norms = _norms(x, dim)
-    return _rescaled(x, _scale_to(x, norms, torch.full_like(norms, radius)))
+    return _project_norm(x, dim, radius, radius)
 
 
 def project_l2_sphere_(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor:
     """In-place :func:`project_l2_sphere`."""
-    norms = _norms(x, dim)
-    return x.mul_(_scale_to(x, norms, torch.full_like(norms, radius)))
+    return _project_norm_(x, dim, radius, radius)
 
 
 def project_min_max_norm(
@@ -256,7 +388,7 @@ def project_min_max_norm(
     With ``rate = 1`` this is the projection onto the shell
     :math:`\{y : \text{min} \le \lVert y \rVert_2 \le \text{max}\}`; with ``rate < 1``
     it moves each slice only part of the way, and applying it twice moves further.
-    Zero slices stay zero.
+    Zero slices stay zero (with the identity Jacobian when ``min_value`` is 0).
 
     Example:
         >>> import torch
@@ -265,21 +397,49 @@ def project_min_max_norm(
         tensor([[1.7400, 2.3200],
                 [0.4260, 0.5680]])
     """
-    norms = _norms(x, dim)
-    return _rescaled(x, _scale_to(x, norms, _min_max_target(norms, min_value, max_value, rate)))
+    return _project_norm(x, dim, min_value, max_value, rate)
 
 
 def project_min_max_norm_(
     x: Tensor, min_value: float = 0.0, max_value: float = 1.0, rate: float = 1.0, dim: Dim = 0
 ) -> Tensor:
     """In-place :func:`project_min_max_norm`."""
-    norms = _norms(x, dim)
-    return x.mul_(_scale_to(x, norms, _min_max_target(norms, min_value, max_value, rate)))
+    return _project_norm_(x, dim, min_value, max_value, rate)
 
 
-def _min_max_target(norms: Tensor, min_value: float, max_value: float, rate: float) -> Tensor:
-    clamped = norms.clamp(min_value, max_value)
-    return clamped if rate == 1.0 else rate * clamped + (1.0 - rate) * norms
+# ---------------------------------------------------------------------------- simplex, L1
+def _shifted(wide: Tensor) -> Tensor:
+    """Rows minus their maximum (a projection onto a simplex ignores a common shift).
+
+    The largest entry becomes 0, so the threshold and the results are computed on
+    numbers no larger than the simplex's scale, whatever the input's magnitude. If
+    the maximum is infinite, the entries equal to it become 0 and the others
+    ``-inf`` (the limit of the projection); a NaN makes the row NaN.
+    """
+    top = wide.detach().amax(dim=-1, keepdim=True)
+    limit = torch.where(wide.detach() == top, 0.0, -math.inf)
+    return torch.where(top.isinf(), limit, wide - top)
+
+
+def _simplex_of_shifted(shifted: Tensor, total: float, dtype: torch.dtype) -> Tensor:
+    r"""``max(shifted - theta, 0)`` summing to ``total`` (float64 rows with maximum 0).
+
+    :math:`\theta` comes from sorting (Held et al., 1974; Duchi et al., 2008); one
+    correction, from an accurate sum of the result, removes the rounding error of
+    the cumulative sum.
+    """
+    ordered = shifted.sort(dim=-1, descending=True).values
+    excess = ordered.cumsum(dim=-1) - total
+    count = torch.arange(1, shifted.shape[-1] + 1, device=shifted.device, dtype=shifted.dtype)
+    # An entry in the support lies within `total` of the maximum 0, so its cumulative
+    # sum is finite: an infinite one (-inf entries, overflow far below) is outside.
+    support = ((ordered - excess / count) > 0) & excess.isfinite()
+    size = support.sum(dim=-1, keepdim=True).clamp_min(1)
+    theta = excess.gather(-1, size - 1) / size.to(shifted.dtype)
+    kept = (shifted - theta).clamp_min(0)
+    active = (kept > 0).sum(dim=-1, keepdim=True).clamp_min(1)
+    correction = (_accurate_sum(kept, dtype) - total) / active.to(shifted.dtype)
+    return torch.where(kept == 0, 0.0, kept - correction).clamp_min(0)
 
 
 def project_l1_ball(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor:
@@ -291,7 +451,9 @@ def project_l1_ball(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor:
         P_C(x)_i = \operatorname{sign}(x_i) \max(\lvert x_i \rvert - \theta, 0)
 
     with :math:`\theta \ge 0` the smallest value making the result feasible
-    (Duchi et al., 2008); slices inside the ball are returned unchanged.
+    (Duchi et al., 2008). Slices inside the ball (accurate sum, up to
+    :func:`tolerance`) are returned unchanged. Infinite entries share the radius
+    equally; a NaN makes its slice NaN.
 
     Example:
         >>> import torch
@@ -299,12 +461,11 @@ def project_l1_ball(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor:
         >>> project_l1_ball(torch.tensor([3.0, -1.0, 0.5]), radius=3.0)
         tensor([ 2.5000, -0.5000,  0.0000])
     """
-    rows, restore = _rows(x, dim)
-    magnitude = rows.abs().to(_sorting_dtype(x))
-    threshold = _simplex_threshold(magnitude, radius)
-    projected = (rows.sign() * (magnitude - threshold).clamp_min(0)).to(x.dtype)
-    slack = _sum_tolerance(x.dtype, rows.shape[-1])
-    inside = magnitude.sum(dim=-1, keepdim=True) <= radius * (1 + slack)
+    rows, restore, _ = _rows(x, dim)
+    magnitude = _wide(rows).abs()
+    inside = _accurate_sum(magnitude, x.dtype) <= radius * (1 + tolerance(x.dtype))
+    shrunk = _simplex_of_shifted(_shifted(magnitude), radius, x.dtype)
+    projected = (rows.sign() * shrunk).to(x.dtype)
     return restore(torch.where(inside, rows, projected))
 
 
@@ -321,9 +482,12 @@ def project_simplex(x: Tensor, scale: float = 1.0, dim: Dim = None) -> Tensor:
         C = \{y : y_i \ge 0,\ \textstyle\sum_i y_i = s\}, \qquad
         P_C(x)_i = \max(x_i - \theta, 0)
 
-    with :math:`\theta` found by sorting (Held et al., 1974; Duchi et al., 2008).
-    Slices already on the simplex (up to rounding) are returned unchanged, and the
-    gradient is that of the formula. ``-inf`` entries get weight 0.
+    with :math:`\theta` found by sorting (Held et al., 1974; Duchi et al., 2008),
+    after subtracting each slice's maximum (the projection ignores a common shift),
+    so that inputs of any magnitude give exact results. Slices already on the
+    simplex (accurate sum, up to :func:`tolerance`) are returned unchanged, and the
+    gradient is that of the formula. ``-inf`` entries get weight 0; ``+inf``
+    entries share ``scale`` equally; a NaN makes its slice NaN.
 
     Example:
         >>> import torch
@@ -331,12 +495,11 @@ def project_simplex(x: Tensor, scale: float = 1.0, dim: Dim = None) -> Tensor:
         >>> project_simplex(torch.tensor([0.0, 0.0, float("-inf")]))
         tensor([0.5000, 0.5000, 0.0000])
     """
-    rows, restore = _rows(x, dim)
-    values = rows.to(_sorting_dtype(x))
-    projected = (values - _simplex_threshold(values, scale)).clamp_min(0).to(x.dtype)
-    total = values.sum(dim=-1, keepdim=True)
+    rows, restore, _ = _rows(x, dim)
+    values = _wide(rows)
+    projected = _simplex_of_shifted(_shifted(values), scale, x.dtype).to(x.dtype)
     on_simplex = (values >= 0).all(dim=-1, keepdim=True) & (
-        (total - scale).abs() <= _sum_tolerance(x.dtype, rows.shape[-1]) * scale
+        (_accurate_sum(values, x.dtype) - scale).abs() <= tolerance(x.dtype) * scale
     )
     kept = rows
     if torch.is_grad_enabled() and x.requires_grad:
@@ -348,45 +511,3 @@ def project_simplex(x: Tensor, scale: float = 1.0, dim: Dim = None) -> Tensor:
 def project_simplex_(x: Tensor, scale: float = 1.0, dim: Dim = None) -> Tensor:
     """In-place :func:`project_simplex`."""
     return x.copy_(project_simplex(x, scale, dim))
-
-
-def _simplex_threshold(values: Tensor, total: float) -> Tensor:
-    """The shift :math:`\theta` per row such that ``sum(max(values - theta, 0)) == total``."""
-    ordered = values.sort(dim=-1, descending=True).values
-    excess = ordered.cumsum(dim=-1) - total
-    count = torch.arange(1, values.shape[-1] + 1, device=values.device, dtype=values.dtype)
-    # NaN from -inf entries compares False: those entries are never in the support.
-    support = (ordered - excess / count) > 0
-    size = support.sum(dim=-1, keepdim=True).clamp_min(1)
-    threshold = excess.gather(-1, size - 1) / size.to(values.dtype)
-    # The cumulative sum carries the rounding error of the largest entries; one
-    # correction on the (small) projected entries brings the sum back to `total`.
-    kept = (values - threshold).clamp_min(0)
-    active = (kept > 0).sum(dim=-1, keepdim=True).clamp_min(1)
-    return threshold + (kept.sum(dim=-1, keepdim=True) - total) / active.to(values.dtype)
-
-
-def _sorting_dtype(x: Tensor) -> torch.dtype:
-    """Sort-based projections of single-precision tensors run in double precision."""
-    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else torch.float64
-
-
-def _sum_tolerance(dtype: torch.dtype, length: int) -> float:
-    """Slack of a sum of ``length`` entries: rounding grows with the number of terms."""
-    return max(_tolerance(dtype), torch.finfo(dtype).eps * length)
-
-
-def _rows(x: Tensor, dim: Dim) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
-    """View ``x`` as a 2-D tensor with one slice per row, and the map back."""
-    reduced = _reduced_dims(x, dim)
-    kept = [d for d in range(x.ndim) if d not in reduced]
-    order = kept + reduced
-    moved = x.permute(order)
-    moved_shape = moved.shape
-    rows = moved.reshape(-1, math.prod(moved_shape[len(kept) :]))
-    inverse = [order.index(d) for d in range(x.ndim)]
-
-    def restore(result: Tensor) -> Tensor:
-        return result.reshape(moved_shape).permute(inverse)
-
-    return rows, restore
