@@ -6,31 +6,31 @@ registers its compatibility hook), removed with the module's last constraint:
 * a ``state_dict`` post-hook records the checkpoint format, :data:`FORMAT`, in the
   module's metadata entry (``state_dict._metadata[prefix][FORMAT_KEY]``), so that a
   later release can recognise and migrate what this one wrote;
-* a ``load_state_dict`` pre-hook checks that format (:func:`check_format`: refusing
-  one newer than this release knows, or anything but a known int) and the state
-  its constraints would load (a :class:`~torch_constraints.Box`'s tensor bounds:
-  no NaN, ``min <= max``, the current shapes), raising ``ValueError`` before the
-  module's own tensors are written; then it loads a checkpoint of the
-  *unconstrained* model: the plain entry ``fc.weight`` becomes
+* a ``load_state_dict`` pre-hook checks, for every module of its tree that owns a
+  constrained tensor, that format (:func:`check_format`: the int 1 or no entry)
+  and the state its constraints would load (a :class:`~torch_constraints.Box`'s
+  tensor bounds: the current shapes, no NaN, ``min <= max``), raising
+  ``ValueError`` before anything of the tree is written; then it loads a
+  checkpoint of the *unconstrained* model: the plain entry ``fc.weight`` becomes
   ``fc.parametrizations.weight.original``, projected in the dtype it is stored
   in, so the stored value is feasible. A plain checkpoint holds no state of the
   parametrizations themselves (tensor bounds): they keep the module's current values.
 
 Loads are atomic. ``load_state_dict`` copies each module's tensors as it walks the
-tree, so a refusal found at ``model.fc`` comes after the tensors of ``model`` and
-of the modules before ``fc`` were written. :func:`attach_root` therefore puts one
-more pre-hook on the module the user constrained (the root passed to
-``constrain``/``constrain_all``), which runs the same checks for every
-constrained module of the tree before the first copy. What it cannot cover:
+tree and raises only at the end, so a refusal found at ``model.fc`` would come
+after the tensors of ``model`` and of the modules before ``fc`` were written.
+:func:`attach_root` therefore puts the pre-hook on the module the user constrained
+(the root passed to ``constrain``/``constrain_all``) too, where it runs before the
+first copy into that tree. What it cannot cover:
 
 * loading into an *ancestor* of that root with tensors of its own, or with
   children loaded before it (``constrain(model.fc, "weight")`` then
-  ``model.load_state_dict(...)``): those tensors are written before the refusal
-  (it is still raised, and nothing from the refused module on is written);
+  ``model.load_state_dict(...)``): those tensors are written before the refusal,
+  which still comes, before anything of the root's tree is written;
 * when the root is not where the load starts (a wrapper's ``load_state_dict``):
   PyTorch passes the metadata of other modules only to the module the load starts
-  at, so the formats of the modules below the root are checked by their own hooks,
-  as each is reached; the bounds are still all checked first.
+  at, so the formats of the modules below the root are checked as each is
+  reached; the tensor bounds are still all checked first.
 
 Other faults (a missing key, a shape mismatch of an unconstrained tensor) are
 PyTorch's: it reports them together at the end, after copying what it could.
@@ -63,7 +63,7 @@ FORMAT_KEY = "torch_constraints"
 
 
 def attach(module: nn.Module) -> None:
-    """Register both hooks on ``module``, once."""
+    """Register both hooks on ``module``, which owns a constrained tensor, once."""
     if not _has(module._load_state_dict_pre_hooks, _load_pre_hook):
         module.register_load_state_dict_pre_hook(_load_pre_hook)  # type: ignore[no-untyped-call]
     if not _has(module._state_dict_hooks, _state_dict_post_hook):
@@ -71,31 +71,36 @@ def attach(module: nn.Module) -> None:
 
 
 def attach_root(module: nn.Module) -> None:
-    """Register, once, the pre-hook that checks the whole checkpoint before anything loads.
+    """Register the load pre-hook on ``module``, the root the user constrained, once.
 
     ``load_state_dict`` copies each module's tensors as it walks the tree and raises
-    only at the end, so a refusal found at a constrained submodule comes after its
-    ancestors' and earlier siblings' tensors were written. This hook, on the module
-    the user constrained (the root given to ``constrain``/``constrain_all``), runs
-    before the first copy into that tree and refuses, with nothing written, a
-    checkpoint whose format this release cannot read or whose constraint state
-    (tensor bounds) is invalid, for every module of the tree that carries a
-    constraint when the checkpoint loads. It stays registered when the constraints
-    are removed (it then finds nothing to check), and is kept by ``deepcopy`` and
-    ``pickle``, as PyTorch keeps hooks.
+    only at the end, so a refusal found at a constrained submodule would come after
+    its ancestors' and earlier siblings' tensors were written. The pre-hook checks
+    every constrained module of the tree below the module it is on (as it is when
+    the checkpoint loads), so on the root it runs before the first copy into that
+    tree. On an owner that is also the root it is the one hook :func:`attach`
+    registers. ``deepcopy`` and ``pickle`` keep it, as PyTorch keeps hooks.
     """
-    if not _has(module._load_state_dict_pre_hooks, _check_tree_hook):
-        module.register_load_state_dict_pre_hook(_check_tree_hook)  # type: ignore[no-untyped-call]
+    if not _has(module._load_state_dict_pre_hooks, _load_pre_hook):
+        module.register_load_state_dict_pre_hook(_load_pre_hook)  # type: ignore[no-untyped-call]
 
 
 def detach(module: nn.Module) -> None:
-    """Remove both hooks of :func:`attach` from ``module``."""
-    for hooks, hook in (
-        (module._load_state_dict_pre_hooks, _load_pre_hook),
-        (module._state_dict_hooks, _state_dict_post_hook),
-    ):
-        for key in [k for k, h in hooks.items() if getattr(h, "hook", h) is hook]:
-            del hooks[key]
+    """Remove the hooks ``module`` no longer needs; safe to call on any module.
+
+    The ``state_dict`` post-hook goes once ``module`` owns no constrained tensor,
+    the load pre-hook once no module of its tree does.
+    """
+    tree = [m for m in module.modules() if _owns_constraints(m)]
+    if module not in tree:
+        _remove(module._state_dict_hooks, _state_dict_post_hook)
+    if not tree:
+        _remove(module._load_state_dict_pre_hooks, _load_pre_hook)
+
+
+def _remove(hooks: dict[int, Any], hook: Any) -> None:
+    for key in [k for k, h in hooks.items() if getattr(h, "hook", h) is hook]:
+        del hooks[key]
 
 
 def check_format(version: object, where: str) -> None:
@@ -137,22 +142,6 @@ def _state_dict_post_hook(
     local_metadata[FORMAT_KEY] = FORMAT
 
 
-def _check_tree_hook(
-    module: nn.Module,
-    state_dict: dict[str, Any],
-    prefix: str,
-    local_metadata: dict[str, Any],
-    strict: bool,
-    missing_keys: list[str],
-    unexpected_keys: list[str],
-    error_msgs: list[str],
-) -> None:
-    """Check every constrained module of the tree, before anything of it is loaded."""
-    for name, owner in module.named_modules(prefix=prefix[:-1], remove_duplicate=False):
-        if not isinstance(owner, (ParametrizationList, Constraint)) and _owns_constraints(owner):
-            _check_module(owner, state_dict, f"{name}." if name else "", local_metadata, prefix)
-
-
 def _load_pre_hook(
     module: nn.Module,
     state_dict: dict[str, Any],
@@ -163,10 +152,13 @@ def _load_pre_hook(
     unexpected_keys: list[str],
     error_msgs: list[str],
 ) -> None:
-    # Raise rather than add to error_msgs: load_state_dict would go on copying.
-    _check_module(module, state_dict, prefix, local_metadata, prefix)
+    # First check every constrained module of the tree, raising rather than adding to
+    # error_msgs (load_state_dict would go on copying): nothing of it is written yet.
+    for name, owner in module.named_modules(prefix=prefix[:-1], remove_duplicate=False):
+        if not isinstance(owner, (ParametrizationList, Constraint)) and _owns_constraints(owner):
+            _check_module(owner, state_dict, f"{name}." if name else "", local_metadata, prefix)
     # Format 1 is the first: there is nothing older to migrate yet.
-    if not parametrize.is_parametrized(module):
+    if not _owns_constraints(module):
         return
     assign = bool(local_metadata.get("assign_to_params_buffers", False))
     chains = cast(nn.ModuleDict, module.parametrizations)
