@@ -603,3 +603,16 @@ def test_detach_removes_only_the_hooks_no_longer_needed() -> None:
     unconstrain(model)
     _state_hooks.detach(model)  # what unconstrain is to call on the root
     assert our_hooks(model) == (0, 0)
+
+
+def test_a_wrapper_that_starts_the_load_still_refuses_a_bad_format() -> None:
+    # Documented limit: PyTorch passes the metadata of other modules only to the module
+    # the load starts at, so the format of model.2 is checked when model.2 is reached.
+    inner = rooted()
+    outer = nn.ModuleDict({"model": inner})
+    state = outer.state_dict()
+    state._metadata["model.2"]["torch_constraints"] = "1"  # type: ignore[attr-defined]
+    before = snapshot(inner[2])
+    with pytest.raises(ValueError, match=r"^model\.2: the torch-constraints checkpoint format"):
+        outer.load_state_dict(state)
+    assert_unchanged(inner[2], before)
