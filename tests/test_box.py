@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pickle
+from fractions import Fraction
 
 import pytest
 import torch
@@ -151,3 +152,37 @@ def test_a_one_sided_bound_outside_the_dtype_is_refused(
     assert torch.equal(layer.weight, before) and not hasattr(layer, "parametrizations")
     constrain(layer, "weight", 65504.0, None)  # the largest finite value itself is fine
     assert (layer.weight == 65504).all()
+
+
+# --------------------------------------------------------------------- number types
+numpy = pytest.importorskip("numpy")
+np = numpy
+
+
+@pytest.mark.parametrize("value", [np.float32(1.5), np.int64(1), np.float16(1.5), Fraction(3, 2)])
+def test_box_takes_numpy_scalars_as_number_bounds(value: object) -> None:
+    box = Box(-value, value)  # type: ignore[operator]
+    assert (box.min, box.max) == (-float(value), float(value))  # type: ignore[arg-type]
+    assert type(box.min) is float and type(box.max) is float
+
+
+def test_box_keeps_a_0d_tensor_as_a_tensor_bound() -> None:
+    box = Box(max=torch.tensor(0.5))
+    assert isinstance(box.max, torch.Tensor) and "max" in dict(box.named_buffers())
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (1 + 2j, r"max must be a real number, a real tensor or None, got \(1\+2j\)$"),
+        (np.complex128(1), r"max must be a real number, a real tensor or None, got np\.complex"),
+        (True, r"max must be a real number, a real tensor or None, got True \(a bool\)$"),
+        (np.False_, r"max must be a real number, a real tensor or None, got np\.False_ \(a bool\)"),
+        (torch.tensor([1j]), r"max must be a real tensor, got dtype torch\.complex64"),
+        (torch.tensor([True]), r"max must be a real tensor, got dtype torch\.bool"),
+    ],
+    ids=repr,
+)
+def test_box_refuses_complex_and_bool_bounds(value: object, message: str) -> None:
+    with pytest.raises(TypeError, match=message):
+        Box(max=value)  # type: ignore[arg-type]

@@ -5,7 +5,10 @@ from __future__ import annotations
 import copy
 import doctest
 import io
+import math
+import pickle
 import re
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -18,6 +21,7 @@ from torch_constraints import (
     CHECKPOINT_FORMAT,
     Box,
     PackedProjection,
+    _state_hooks,
     constrain,
     constrain_all,
     hard_project,
@@ -247,9 +251,9 @@ def test_a_newer_format_is_refused_with_a_message_to_upgrade() -> None:
     state = constrained().state_dict()
     state._metadata["2"]["torch_constraints"] = CHECKPOINT_FORMAT + 1  # type: ignore[attr-defined]
     model = constrained(seed=1)
-    with pytest.raises(RuntimeError, match=r"(?s)2: the checkpoint was written in .* format 2"):
+    with pytest.raises(ValueError, match=r"^2: the checkpoint was written in .* format 2"):
         model.load_state_dict(state)
-    with pytest.raises(RuntimeError, match="upgrade torch-constraints"):
+    with pytest.raises(ValueError, match="upgrade torch-constraints"):
         model.load_state_dict(state, strict=False)
 
 
@@ -352,3 +356,261 @@ def test_plain_state_dict_takes_a_prefix_and_rejects_non_modules() -> None:
 def test_the_examples_run() -> None:
     result = doctest.testmod(torch_constraints.checkpoint, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+# --------------------------------------------------------------------- atomic refusals
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    after = model.state_dict()
+    assert set(after) == set(before)
+    for key, value in before.items():
+        assert torch.equal(after[key], value), f"{key} was written"
+
+
+def rooted(seed: int = 0, **kwargs: object) -> nn.Sequential:
+    """``constrained()``, with the root hook that registration is to attach."""
+    model = net(seed)
+    constrain_all(model, -0.5, 0.5, include=(nn.Linear,), **kwargs)  # type: ignore[arg-type]
+    _state_hooks.attach_root(model)
+    return model
+
+
+def bounded(seed: int = 0) -> nn.Sequential:
+    """Linear layers whose weights have tensor bounds (one per output unit)."""
+    model = net(seed)
+    for index, rows in ((0, 6), (2, 3)):
+        upper = torch.linspace(0.1, 0.6, rows).unsqueeze(1)
+        constrain(model, f"{index}.weight", Box(-upper, upper))
+    _state_hooks.attach_root(model)
+    return model
+
+
+def a_new_state(model_factory: Callable[[int], nn.Module]) -> dict[str, torch.Tensor]:
+    state = model_factory(5).state_dict()
+    for value in state.values():
+        value.add_(0.25)  # every tensor differs from the target's (and bounds stay ordered)
+    return state
+
+
+@pytest.mark.parametrize(
+    ("version", "message"),
+    [
+        (
+            2,
+            r"^2: the checkpoint was written in torch-constraints checkpoint format 2, but "
+            r"this release reads formats up to 1; upgrade torch-constraints",
+        ),
+        (
+            "1",
+            r"^2: the torch-constraints checkpoint format must be an int in \{1\}, got '1' \(str\)",
+        ),
+        (1.0, r"format must be an int in \{1\}, got 1\.0 \(float\)"),
+        (0, r"format must be an int in \{1\}, got 0 \(int\)"),
+        (-1, r"format must be an int in \{1\}, got -1 \(int\)"),
+        (True, r"format must be an int in \{1\}, got True \(bool\)"),
+    ],
+)
+@pytest.mark.parametrize("strict", [True, False])
+def test_a_refused_format_writes_nothing(version: object, message: str, strict: bool) -> None:
+    state = a_new_state(rooted)
+    state._metadata["2"]["torch_constraints"] = version  # type: ignore[attr-defined]
+    model = rooted()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=message):
+        model.load_state_dict(state, strict=strict)
+    assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize("version", ["absent", None, 1])
+def test_the_known_format_or_none_loads(version: object) -> None:
+    source = rooted(seed=5)
+    state = source.state_dict()
+    if version == "absent":
+        del state._metadata["2"]["torch_constraints"]  # type: ignore[attr-defined]
+    else:
+        state._metadata["2"]["torch_constraints"] = version  # type: ignore[attr-defined]
+    model = rooted()
+    model.load_state_dict(state)
+    assert_unchanged(model, snapshot(source))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "error", "message"),
+    [
+        (
+            "2.parametrizations.weight.0.min",
+            torch.full((3, 1), 0.75),
+            ValueError,
+            r"^2\.parametrizations\.weight\.0: min must be <= max everywhere, got min=0\.75 "
+            r"> max=0\.34999\d+ at \(0, 0\)",
+        ),
+        (
+            "2.parametrizations.weight.0.max",
+            torch.full((3, 1), -0.7),
+            ValueError,
+            r"min must be <= max everywhere",
+        ),
+        (
+            "2.parametrizations.weight.0.max",
+            torch.tensor([[0.1], [math.nan], [0.2]]),
+            ValueError,
+            r"^2\.parametrizations\.weight\.0\.max: max must not contain NaN",
+        ),
+        (
+            "2.parametrizations.weight.0.min",
+            torch.full((3, 1), math.inf),
+            ValueError,
+            r"^2\.parametrizations\.weight\.0\.min: min must not contain inf",
+        ),
+        (
+            "2.parametrizations.weight.0.max",
+            torch.ones(4, 1),
+            ValueError,
+            r"^2\.parametrizations\.weight\.0\.max: the checkpoint's bound has shape \(4, 1\), "
+            r"the constraint's has shape \(3, 1\)",
+        ),
+        (
+            "2.parametrizations.weight.0.max",
+            torch.ones(3, 1, dtype=torch.complex64),
+            TypeError,
+            r"^2\.parametrizations\.weight\.0\.max: max must be a real tensor, got dtype",
+        ),
+    ],
+)
+@pytest.mark.parametrize("strict", [True, False])
+def test_tampered_tensor_bounds_are_refused_and_nothing_is_written(
+    key: str, value: torch.Tensor, error: type[Exception], message: str, strict: bool
+) -> None:
+    state = a_new_state(bounded)
+    state[key] = value
+    model = bounded()
+    before = snapshot(model)
+    with pytest.raises(error, match=message):
+        model.load_state_dict(state, strict=strict)
+    assert_unchanged(model, before)
+
+
+def test_valid_tensor_bounds_from_a_checkpoint_load() -> None:
+    state = a_new_state(bounded)
+    model = bounded()
+    model.load_state_dict(state)
+    assert torch.equal(
+        model[2].parametrizations.weight[0].max, state["2.parametrizations.weight.0.max"]
+    )
+
+
+def test_loading_into_the_constrained_layer_itself_is_atomic_without_a_root_hook() -> None:
+    # constrain(layer, ...) makes the layer both the owner and the root: its own hook
+    # runs before anything of it is written.
+    layer = constrain(nn.Linear(3, 2), "weight", Box(-torch.ones(2, 1), torch.ones(2, 1)))
+    state = layer.state_dict()
+    state["bias"] = torch.full((2,), 9.0)
+    state["parametrizations.weight.0.min"] = torch.full((2, 1), 2.0)
+    before = snapshot(layer)
+    with pytest.raises(ValueError, match=r"^parametrizations\.weight\.0: min must be <= max"):
+        layer.load_state_dict(state)
+    assert_unchanged(layer, before)
+
+
+def test_a_box_loaded_alone_refuses_invalid_bounds() -> None:
+    box = Box(-torch.ones(2), torch.ones(2))
+    before = snapshot(box)
+    with pytest.raises(ValueError, match=r"^Box: min must be <= max everywhere"):
+        box.load_state_dict({"min": torch.full((2,), 3.0), "max": torch.ones(2)})
+    assert_unchanged(box, before)
+
+
+def test_a_wrapper_that_starts_the_load_still_gets_every_bound_checked_first() -> None:
+    inner = bounded()
+    outer = nn.ModuleDict({"model": inner})
+    state = {f"model.{k}": v for k, v in a_new_state(bounded).items()}
+    state["model.2.parametrizations.weight.0.min"] = torch.full((3, 1), 0.7)
+    before = snapshot(outer)
+    with pytest.raises(ValueError, match=r"^model\.2\.parametrizations\.weight\.0: min must be"):
+        outer.load_state_dict(state)
+    assert_unchanged(outer, before)
+
+
+def test_loading_into_an_ancestor_of_the_root_refuses_at_the_module_it_concerns() -> None:
+    # What attach_root cannot cover: the ancestor's tensors before the constrained
+    # module are written; the refusal still comes, before that module is written.
+    def second_only(seed: int) -> nn.Module:
+        model = net(seed)
+        constrain(model[2], "weight", -0.5, 0.5)  # the root given is model[2]
+        return model
+
+    model = second_only(0)
+    state = a_new_state(second_only)
+    state._metadata["2"]["torch_constraints"] = 2  # type: ignore[attr-defined]
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="upgrade torch-constraints"):
+        model.load_state_dict(state)
+    assert torch.equal(model[0].weight, state["0.weight"])  # written: documented limitation
+    assert torch.equal(raw(model[2]), before["2.parametrizations.weight.original"])
+
+
+def test_the_root_hook_is_registered_once_and_survives_copies() -> None:
+    model = rooted()
+    _state_hooks.attach_root(model)
+    hooks = [getattr(h, "hook", h) for h in model._load_state_dict_pre_hooks.values()]
+    assert hooks == [_state_hooks._load_pre_hook]
+    state = a_new_state(rooted)
+    state._metadata["0"]["torch_constraints"] = 2  # type: ignore[attr-defined]
+    for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        before = snapshot(twin)
+        with pytest.raises(ValueError, match="upgrade"):
+            twin.load_state_dict(state)
+        assert_unchanged(twin, before)
+
+
+def test_the_root_hook_checks_what_is_constrained_when_the_checkpoint_loads() -> None:
+    model = rooted()
+    unconstrain(model)
+    state = net(seed=3).state_dict()
+    state._metadata["0"]["torch_constraints"] = 2  # type: ignore[attr-defined]
+    model.load_state_dict(state)  # nothing constrained any more: nothing to refuse
+    assert torch.equal(model[0].weight, state["0.weight"])
+
+
+def our_hooks(module: nn.Module) -> tuple[int, int]:
+    """How many of this library's load pre-hooks and state_dict post-hooks ``module`` has."""
+    pre = [getattr(h, "hook", h) for h in module._load_state_dict_pre_hooks.values()]
+    post = [getattr(h, "hook", h) for h in module._state_dict_hooks.values()]
+    return pre.count(_state_hooks._load_pre_hook), post.count(_state_hooks._state_dict_post_hook)
+
+
+def test_an_owner_that_is_also_the_root_has_one_load_hook() -> None:
+    layer = constrain(nn.Linear(2, 2), "weight", -1, 1)
+    _state_hooks.attach_root(layer)
+    assert our_hooks(layer) == (1, 1)
+
+
+def test_detach_removes_only_the_hooks_no_longer_needed() -> None:
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    constrain_all(model, -1, 1, include={"weight"})
+    _state_hooks.attach_root(model)
+    _state_hooks.detach(model)  # its tree is still constrained: the root check stays
+    assert our_hooks(model) == (1, 0)
+    unconstrain(model, "0.weight")
+    assert our_hooks(model[0]) == (0, 0) and our_hooks(model[1]) == (1, 1)
+    _state_hooks.detach(model[1])  # still owns a constrained tensor: keeps both
+    assert our_hooks(model[1]) == (1, 1)
+    unconstrain(model)
+    _state_hooks.detach(model)  # what unconstrain is to call on the root
+    assert our_hooks(model) == (0, 0)
+
+
+def test_a_wrapper_that_starts_the_load_still_refuses_a_bad_format() -> None:
+    # Documented limit: PyTorch passes the metadata of other modules only to the module
+    # the load starts at, so the format of model.2 is checked when model.2 is reached.
+    inner = rooted()
+    outer = nn.ModuleDict({"model": inner})
+    state = outer.state_dict()
+    state._metadata["model.2"]["torch_constraints"] = "1"  # type: ignore[attr-defined]
+    before = snapshot(inner[2])
+    with pytest.raises(ValueError, match=r"^model\.2: the torch-constraints checkpoint format"):
+        outer.load_state_dict(state)
+    assert_unchanged(inner[2], before)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import pickle
+import weakref
 
 import pytest
 import torch
@@ -10,7 +12,7 @@ from helpers import Double
 from torch import nn
 from torch.nn.utils import parametrize
 
-from torch_constraints import Box, constrain, constrain_all, unconstrain
+from torch_constraints import Box, _classes, constrain, constrain_all, unconstrain
 from torch_constraints._classes import is_shared, shared_class
 
 
@@ -172,3 +174,42 @@ def test_a_tensor_unparametrized_by_pytorch_directly_can_be_reassigned_as_a_para
     assert layer.weight is replacement
     assert any(p is replacement for p in layer.parameters())
     assert layer(torch.ones(1, 3)).shape == (1, 2)
+
+
+def test_module_classes_made_on_the_fly_are_not_kept_alive() -> None:
+    bases = weakref.WeakSet()  # type: ignore[var-annotated]
+    for i in range(200):
+        cls = type(f"OnTheFly{i}", (nn.Linear,), {})
+        bases.add(cls)
+        constrain(cls(2, 2), "weight", -1, 1)
+    del cls
+    collect()
+    assert len(bases) == 0
+    assert not [key for key in _classes._classes if key[0].__name__.startswith("OnTheFly")]
+
+
+def collect() -> None:
+    # The first pass runs the weak references' callbacks, which drop the entries'
+    # strong references to the base classes; the next ones collect those.
+    for _ in range(3):
+        gc.collect()
+
+
+class Kept(nn.Linear):
+    """A module class whose shared class nothing else in the tests uses."""
+
+
+def test_a_class_in_use_is_shared_and_a_collected_one_is_rebuilt_the_same() -> None:
+    cls = Kept
+    first = constrain(cls(2, 2), "weight", -1, 1)
+    collect()
+    second = constrain(cls(2, 2), "weight", -1, 1)
+    assert type(first) is type(second) is shared_class(cls, {"weight"})
+    shared = weakref.ref(type(first))
+    del first, second
+    collect()
+    assert shared() is None  # nothing uses it: collected
+    restored = pickle.loads(pickle.dumps(constrain(cls(2, 2), "weight", -1, 1)))
+    assert type(restored) is shared_class(cls, {"weight"})
+    assert type(restored).__name__ == "ParametrizedKept"
+    assert torch.equal(restored.weight, restored.parametrizations.weight.original.clamp(-1, 1))

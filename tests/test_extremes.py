@@ -54,9 +54,7 @@ def sums(y: torch.Tensor) -> list[float]:
 def in_shell(lo: float, hi: float, zero_ok: bool) -> Callable[[torch.Tensor], bool]:
     def member(y: torch.Tensor) -> bool:
         tau = SLACK[y.dtype]
-        return all(
-            (zero_ok and n == 0) or lo * (1 - tau) <= n <= hi * (1 + tau) for n in norms(y)
-        )
+        return all((zero_ok and n == 0) or lo * (1 - tau) <= n <= hi * (1 + tau) for n in norms(y))
 
     return member
 

@@ -29,10 +29,16 @@ deletes one. On a shared class, a metaclass turns the first into a shared proper
 ignores the second (the module that dropped its parametrization now reads through
 the property to its plain attribute). :func:`share` moves such a module to the
 class of its names the next time this library changes its constraints.
+
+The shared classes are looked up by weak reference: one that no module uses any
+more is collected with its base class (classes made on the fly stay collectable),
+and is made again, identical, when needed (unpickling goes through
+:func:`shared_class` too).
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
 from typing import Any, cast
 
@@ -53,8 +59,13 @@ _PYTORCH_CLASS_KEYS = frozenset(
     | {"__weakref__"}
 )
 
-_metaclasses: dict[type, type] = {}  # for module classes with a metaclass of their own
-_classes: dict[tuple[type, frozenset[str]], type] = {}
+# Weak values: a shared class lives as long as a module (or anything else) uses it,
+# so module classes made on the fly are not kept alive here. While it lives, every
+# module of its base class and names gets it (torch.compile compiles once).
+_metaclasses: weakref.WeakValueDictionary[type, type] = weakref.WeakValueDictionary()
+_classes: weakref.WeakValueDictionary[tuple[type, frozenset[str]], type] = (
+    weakref.WeakValueDictionary()
+)
 
 
 def share(module: nn.Module) -> None:

@@ -1,4 +1,4 @@
-"""``state_dict`` hooks on every module that owns a constrained tensor.
+"""``state_dict`` hooks on every module that owns a constrained tensor, and on its root.
 
 Registered by :func:`~torch_constraints.constrain` (as PyTorch's ``weight_norm``
 registers its compatibility hook), removed with the module's last constraint:
@@ -6,12 +6,34 @@ registers its compatibility hook), removed with the module's last constraint:
 * a ``state_dict`` post-hook records the checkpoint format, :data:`FORMAT`, in the
   module's metadata entry (``state_dict._metadata[prefix][FORMAT_KEY]``), so that a
   later release can recognise and migrate what this one wrote;
-* a ``load_state_dict`` pre-hook reads that format (refusing one newer than this
-  release knows), and loads a checkpoint of the *unconstrained* model: the plain
-  entry ``fc.weight`` becomes ``fc.parametrizations.weight.original``, projected
-  in the dtype it is stored in, so the stored value is feasible. A plain
-  checkpoint holds no state of the parametrizations themselves (tensor bounds of a
-  :class:`~torch_constraints.Box`): they keep the module's current values.
+* a ``load_state_dict`` pre-hook checks, for every module of its tree that owns a
+  constrained tensor, that format (:func:`check_format`: the int 1 or no entry)
+  and the state its constraints would load (a :class:`~torch_constraints.Box`'s
+  tensor bounds: the current shapes, no NaN, ``min <= max``), raising
+  ``ValueError`` before anything of the tree is written; then it loads a
+  checkpoint of the *unconstrained* model: the plain entry ``fc.weight`` becomes
+  ``fc.parametrizations.weight.original``, projected in the dtype it is stored
+  in, so the stored value is feasible. A plain checkpoint holds no state of the
+  parametrizations themselves (tensor bounds): they keep the module's current values.
+
+Loads are atomic. ``load_state_dict`` copies each module's tensors as it walks the
+tree and raises only at the end, so a refusal found at ``model.fc`` would come
+after the tensors of ``model`` and of the modules before ``fc`` were written.
+:func:`attach_root` therefore puts the pre-hook on the module the user constrained
+(the root passed to ``constrain``/``constrain_all``) too, where it runs before the
+first copy into that tree. What it cannot cover:
+
+* loading into an *ancestor* of that root with tensors of its own, or with
+  children loaded before it (``constrain(model.fc, "weight")`` then
+  ``model.load_state_dict(...)``): those tensors are written before the refusal,
+  which still comes, before anything of the root's tree is written;
+* when the root is not where the load starts (a wrapper's ``load_state_dict``):
+  PyTorch passes the metadata of other modules only to the module the load starts
+  at, so the formats of the modules below the root are checked as each is
+  reached; the tensor bounds are still all checked first.
+
+Other faults (a missing key, a shape mismatch of an unconstrained tensor) are
+PyTorch's: it reports them together at the end, after copying what it could.
 
 A checkpoint of the constrained model loads unchanged, bit for bit: its raw values
 are not projected again (with ``straight_through=True`` they may lie outside the
@@ -20,6 +42,7 @@ set on purpose).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, cast
 
 import torch
@@ -29,30 +52,84 @@ from torch.nn.utils.parametrize import ParametrizationList
 
 from .base import Constraint
 
-__all__ = ["FORMAT", "FORMAT_KEY", "attach", "detach"]
+__all__ = ["FORMAT", "FORMAT_KEY", "attach", "attach_root", "check_format", "detach"]
 
 #: The checkpoint format this release writes and the newest it reads.
 FORMAT = 1
+#: The formats this release reads (Python ints; ``bool`` is not one).
+KNOWN_FORMATS = frozenset({1})
 #: The key of the format in a constrained module's ``state_dict`` metadata entry.
 FORMAT_KEY = "torch_constraints"
 
 
 def attach(module: nn.Module) -> None:
-    """Register both hooks on ``module``, once."""
+    """Register both hooks on ``module``, which owns a constrained tensor, once."""
     if not _has(module._load_state_dict_pre_hooks, _load_pre_hook):
         module.register_load_state_dict_pre_hook(_load_pre_hook)  # type: ignore[no-untyped-call]
     if not _has(module._state_dict_hooks, _state_dict_post_hook):
         module.register_state_dict_post_hook(_state_dict_post_hook)  # type: ignore[no-untyped-call]
 
 
+def attach_root(module: nn.Module) -> None:
+    """Register the load pre-hook on ``module``, the root the user constrained, once.
+
+    ``load_state_dict`` copies each module's tensors as it walks the tree and raises
+    only at the end, so a refusal found at a constrained submodule would come after
+    its ancestors' and earlier siblings' tensors were written. The pre-hook checks
+    every constrained module of the tree below the module it is on (as it is when
+    the checkpoint loads), so on the root it runs before the first copy into that
+    tree. On an owner that is also the root it is the one hook :func:`attach`
+    registers. ``deepcopy`` and ``pickle`` keep it, as PyTorch keeps hooks.
+    """
+    if not _has(module._load_state_dict_pre_hooks, _load_pre_hook):
+        module.register_load_state_dict_pre_hook(_load_pre_hook)  # type: ignore[no-untyped-call]
+
+
 def detach(module: nn.Module) -> None:
-    """Remove both hooks from ``module``."""
-    for hooks, hook in (
-        (module._load_state_dict_pre_hooks, _load_pre_hook),
-        (module._state_dict_hooks, _state_dict_post_hook),
-    ):
-        for key in [k for k, h in hooks.items() if getattr(h, "hook", h) is hook]:
-            del hooks[key]
+    """Remove the hooks ``module`` no longer needs; safe to call on any module.
+
+    The ``state_dict`` post-hook goes once ``module`` owns no constrained tensor,
+    the load pre-hook once no module of its tree does.
+    """
+    tree = [m for m in module.modules() if _owns_constraints(m)]
+    if module not in tree:
+        _remove(module._state_dict_hooks, _state_dict_post_hook)
+    if not tree:
+        _remove(module._load_state_dict_pre_hooks, _load_pre_hook)
+
+
+def _remove(hooks: dict[int, Any], hook: Any) -> None:
+    for key in [k for k, h in hooks.items() if getattr(h, "hook", h) is hook]:
+        del hooks[key]
+
+
+def check_format(version: object, where: str) -> None:
+    """Raise ``ValueError`` unless ``version`` is a format this release reads, or ``None``.
+
+    ``None`` (the metadata has no entry) is a checkpoint without this library's
+    format: a plain checkpoint, or one whose metadata was dropped; it loads as such.
+
+    Example:
+        >>> check_format(1, "fc")
+        >>> check_format(None, "fc")
+        >>> check_format("1", "fc")
+        Traceback (most recent call last):
+        ...
+        ValueError: fc: the torch-constraints checkpoint format must be an int in {1}, got '1' (str)
+    """
+    if version is None or (type(version) is int and version in KNOWN_FORMATS):
+        return
+    if type(version) is int and version > FORMAT:
+        raise ValueError(
+            f"{where}: the checkpoint was written in torch-constraints checkpoint format "
+            f"{version}, but this release reads formats up to {FORMAT}; upgrade "
+            "torch-constraints to load it"
+        )
+    known = "{" + ", ".join(str(v) for v in sorted(KNOWN_FORMATS)) + "}"
+    raise ValueError(
+        f"{where}: the torch-constraints checkpoint format must be an int in {known}, "
+        f"got {version!r} ({type(version).__name__})"
+    )
 
 
 def _has(hooks: dict[int, Any], hook: Any) -> bool:
@@ -75,17 +152,13 @@ def _load_pre_hook(
     unexpected_keys: list[str],
     error_msgs: list[str],
 ) -> None:
-    where = prefix[:-1] or type(module).__name__
-    version = local_metadata.get(FORMAT_KEY)
-    if version is not None and (not isinstance(version, int) or version > FORMAT):
-        error_msgs.append(
-            f"{where}: the checkpoint was written in torch-constraints checkpoint format "
-            f"{version!r}, but this release reads formats up to {FORMAT}; upgrade "
-            "torch-constraints to load it"
-        )
-        return
+    # First check every constrained module of the tree, raising rather than adding to
+    # error_msgs (load_state_dict would go on copying): nothing of it is written yet.
+    for name, owner in module.named_modules(prefix=prefix[:-1], remove_duplicate=False):
+        if not isinstance(owner, (ParametrizationList, Constraint)) and _owns_constraints(owner):
+            _check_module(owner, state_dict, f"{name}." if name else "", local_metadata, prefix)
     # Format 1 is the first: there is nothing older to migrate yet.
-    if not parametrize.is_parametrized(module):
+    if not _owns_constraints(module):
         return
     assign = bool(local_metadata.get("assign_to_params_buffers", False))
     chains = cast(nn.ModuleDict, module.parametrizations)
@@ -93,6 +166,48 @@ def _load_pre_hook(
         assert isinstance(chain, ParametrizationList)
         if any(isinstance(entry, Constraint) for entry in chain):
             _load_plain(chain, state_dict, prefix, name, assign, error_msgs)
+
+
+def _owns_constraints(module: nn.Module) -> bool:
+    if not parametrize.is_parametrized(module):
+        return False
+    chains = cast(nn.ModuleDict, module.parametrizations)
+    return any(
+        isinstance(entry, Constraint)
+        for chain in chains.values()
+        for entry in cast(ParametrizationList, chain)
+    )
+
+
+def _check_module(
+    module: nn.Module,
+    state_dict: Mapping[str, Any],
+    prefix: str,
+    local_metadata: Mapping[str, Any],
+    local_prefix: str,
+) -> None:
+    """Raise if ``module`` (at ``prefix``) cannot load its part of ``state_dict``; change nothing.
+
+    Checks the format recorded for ``module`` and the state its constraints would
+    load. ``local_metadata`` is the metadata entry of ``local_prefix``; the entries
+    of other modules come from ``state_dict._metadata`` when there is one (the
+    ``state_dict`` a load's root module receives has it, its children's do not).
+    """
+    where = prefix[:-1] or type(module).__name__
+    if prefix == local_prefix:
+        metadata: Mapping[str, Any] | None = local_metadata
+    else:
+        metadata = getattr(state_dict, "_metadata", {}).get(prefix[:-1])
+    if metadata is not None:
+        check_format(metadata.get(FORMAT_KEY), where)
+    if not _owns_constraints(module):
+        return
+    chains = cast(nn.ModuleDict, module.parametrizations)
+    for name, chain in chains.items():
+        for index, entry in enumerate(cast(ParametrizationList, chain)):
+            check = getattr(entry, "_check_state_dict", None)
+            if isinstance(entry, Constraint) and callable(check):
+                check(state_dict, f"{prefix}parametrizations.{name}.{index}.")
 
 
 def _load_plain(

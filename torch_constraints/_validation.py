@@ -3,8 +3,49 @@
 from __future__ import annotations
 
 import math
+import numbers
 
-__all__ = ["dims", "number"]
+import torch
+from torch import Tensor
+
+__all__ = ["dims", "number", "real", "refusal"]
+
+
+def real(value: object) -> float | None:
+    """Return ``value`` as a float if it is a real number, else ``None``.
+
+    Real numbers are Python ``int`` and ``float``, every :class:`numbers.Real`
+    (NumPy's ``float16``/``float32``/``float64`` and integer scalars,
+    :class:`fractions.Fraction`), and 0-d real tensors (their value, read once).
+    ``bool`` (Python's, NumPy's, a bool tensor) and complex numbers are not.
+
+    Example:
+        >>> import torch
+        >>> real(2), real(torch.tensor(0.5)), real(True), real(1j), real("1")
+        (2.0, 0.5, None, None, None)
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, Tensor):
+        if value.ndim != 0 or value.is_complex() or value.dtype == torch.bool:
+            return None
+        if value.device.type == "meta":
+            return None
+        return float(value.item())
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return None
+
+
+def refusal(value: object) -> str | None:
+    """Describe ``value`` if it is a bool, complex or a tensor (not a real number), else None."""
+    if type(value).__name__ in ("bool", "bool_"):
+        return f"{value!r} (a bool)"
+    if isinstance(value, numbers.Complex) and not isinstance(value, numbers.Real):
+        return repr(value)
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+    return None
 
 
 def number(
@@ -16,10 +57,16 @@ def number(
     above: float | None = None,
     at_most: float | None = None,
 ) -> float:
-    """Return ``value`` as a finite float, or raise naming ``owner``, ``name`` and ``value``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """Return ``value`` as a finite float, or raise naming ``owner``, ``name`` and ``value``.
+
+    Accepts what :func:`real` accepts.
+    """
+    result = real(value)
+    if result is None:
+        described = refusal(value)
+        if described is not None:
+            raise TypeError(f"{owner}: {name} must be a real number, got {described}")
         raise TypeError(f"{owner}: {name} must be a number, got {value!r}")
-    result = float(value)
     if not math.isfinite(result):
         raise ValueError(f"{owner}: {name} must be finite, got {value}")
     if at_least is not None and result < at_least:

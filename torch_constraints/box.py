@@ -3,13 +3,13 @@ r"""Elementwise bounds: :class:`Box` and :class:`NonNeg`."""
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from . import _kernels
+from . import _kernels, _validation
 from ._rounding import inward_tensor
 from .base import Constraint
 from .functional import Bound, box_bounds, project_box, project_box_
@@ -129,6 +129,59 @@ class Box(Constraint):
             return None
         return ("box", self.min, self.max)
 
+    def _check_state_dict(self, state_dict: Mapping[str, Any], prefix: str) -> None:
+        """Raise unless the bounds ``state_dict`` would load into this box are valid.
+
+        Reads the entries ``prefix + "min"`` and ``prefix + "max"`` of the tensor
+        bounds (a missing entry stands for the current bound) and checks them as the
+        constructor does, and their shapes against the current ones. Changes nothing.
+
+        Raises:
+            TypeError: for an entry that is not a real tensor.
+            ValueError: for a wrong shape, NaN, ``min = +inf``, ``max = -inf`` or
+                ``min > max``; the message names the entry.
+        """
+        where = prefix[:-1] or type(self).__name__
+        bounds: dict[str, Bound] = {}
+        for name, forbidden in (("min", math.inf), ("max", -math.inf)):
+            current = getattr(self, name)
+            bounds[name] = current
+            key = prefix + name
+            if not isinstance(current, Tensor) or key not in state_dict:
+                continue  # a number bound is no state: an entry is PyTorch's "unexpected"
+            value = state_dict[key]
+            if not isinstance(value, Tensor):
+                raise TypeError(f"{key}: expected a tensor bound, got {type(value).__name__}")
+            if value.shape != current.shape:
+                raise ValueError(
+                    f"{key}: the checkpoint's bound has shape {tuple(value.shape)}, the "
+                    f"constraint's has shape {tuple(current.shape)}"
+                )
+            try:
+                bounds[name] = _validated(value, name, forbidden=forbidden)
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"{key}: {error}") from None
+        try:
+            _check_ordered(bounds["min"], bounds["max"])
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # Refuse invalid bounds before writing them (also when this box loads alone).
+        self._check_state_dict(state_dict, prefix)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
     def _apply(self, fn: Any, recurse: bool = True) -> Box:
         # module.to(dtype) rounds buffers to nearest; re-round tensor bounds inward.
         before = {name: b for name, b in self._buffers.items() if b is not None}
@@ -172,9 +225,13 @@ def _validated(value: object, name: str, *, forbidden: float) -> Bound:
         if (value == forbidden).any():
             raise ValueError(f"{name} must not contain {forbidden}")
         return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    number = _validation.real(value)
+    if number is None:
+        described = _validation.refusal(value)
+        if described is not None:
+            raise TypeError(f"{name} must be a real number, a real tensor or None, got {described}")
         raise TypeError(f"{name} must be a number, a tensor or None, got {value!r}")
-    value = float(value)
+    value = number
     if math.isnan(value):
         raise ValueError(f"{name} must not be NaN, got {value}")
     if value == forbidden:

@@ -13,6 +13,17 @@ exact, bit for bit. Two more directions work out of the box:
 * **constrained → unconstrained**: :func:`plain_state_dict` exports the values
   the forward pass sees under the plain names, for deployment without this
   library.
+
+Loading refuses, with a ``ValueError`` and before the first tensor is written, a
+checkpoint whose format this release cannot read (:data:`CHECKPOINT_FORMAT`) or
+whose constraint state is invalid (a :class:`~torch_constraints.Box`'s tensor
+bounds with NaN or ``min > max``, or of another shape), when it is loaded into the
+module given to :func:`~torch_constraints.constrain` or
+:func:`~torch_constraints.constrain_all`. Loaded through a wrapper (``outer`` holding
+that module), it is refused all the same, but only the bounds are all checked before
+the first copy: see ``torch_constraints._state_hooks`` for the details. Other faults
+(missing keys, shapes of unconstrained tensors) are reported by PyTorch as usual,
+after it has copied what it could.
 """
 
 from __future__ import annotations
@@ -30,7 +41,9 @@ __all__ = ["CHECKPOINT_FORMAT", "plain_state_dict"]
 
 #: The checkpoint format this release writes, and the newest it reads. It is stored
 #: per constrained module, under ``state_dict._metadata[module_prefix]["torch_constraints"]``;
-#: loading a checkpoint of a newer format fails with a message saying to upgrade.
+#: loading a checkpoint of a newer format raises ``ValueError`` saying to upgrade, and
+#: any other value than this int (or no entry) raises ``ValueError`` too, before
+#: anything is written (see the module's notes on atomic loading).
 CHECKPOINT_FORMAT: int = FORMAT
 
 
