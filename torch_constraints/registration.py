@@ -124,6 +124,8 @@ def constrain(
     template = _as_constraint(min, max, where)
     constraint = _prepare(template, owner, tensor_name, where, straight_through, parametrize)
     _register(owner, tensor_name, constraint, parametrize)
+    if parametrize:
+        _state_hooks.attach_root(module)  # checks a whole checkpoint before the first copy
     return module
 
 
@@ -196,6 +198,8 @@ def constrain_all(
         )
     for _, owner, tensor_name, constraint in prepared:
         _register(owner, tensor_name, constraint, parametrize)
+    if parametrize:
+        _state_hooks.attach_root(module)  # checks a whole checkpoint before the first copy
     return [qualname for qualname, *_ in prepared]
 
 
@@ -234,12 +238,14 @@ def unconstrain(module: M, name: str | None = None, *, leave_constrained: bool =
     if name is None:
         for slot in list(constrained_slots(module)):
             _remove(slot, leave_constrained)
+        _state_hooks.detach(module)
         return module
     owner, tensor_name = _resolve(module, name)
     found = _slot(owner, tensor_name)
     if found is None:
         raise ValueError(f"{_describe(owner, tensor_name)} is not constrained by torch_constraints")
     _remove(found, leave_constrained)
+    _state_hooks.detach(module)
     return module
 
 
@@ -413,6 +419,7 @@ def _prepare(
     """
     if not isinstance(template, Constraint):
         raise TypeError(f"{where}: expected a Constraint, got {type(template).__name__}")
+    straight_through = straight_through or template.straight_through
     recorded = _records.constraints(module, tensor_name)
     if parametrized and recorded:
         raise ValueError(
