@@ -217,15 +217,18 @@ class FrobeniusBall(Constraint):
 FSDP_ROW_UPPER = torch.linspace(0.05, 0.4, 8, dtype=torch.float64).unsqueeze(1)
 
 
-def fsdp_model() -> nn.Sequential:
+def fsdp_model(parametrize: bool) -> nn.Sequential:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 1))
-    constrain(model[0], "weight", Box(min=-FSDP_ROW_UPPER, max=FSDP_ROW_UPPER))
-    constrain(model[0], "bias", -0.1, 0.1)
+    mode = {"parametrize": parametrize}
+    constrain(model[0], "weight", Box(min=-FSDP_ROW_UPPER, max=FSDP_ROW_UPPER), **mode)
+    constrain(model[0], "bias", -0.1, 0.1, **mode)
     # Straight through: the gradient of a projection onto a sphere has a kink right at
     # the sphere, where sharded and unsharded norms differ by rounding.
-    constrain(model[2], "weight", ColumnNormBall(), straight_through=True)
-    constrain(model[4], "weight", FrobeniusBall(0.5), straight_through=True)  # rank 1: no rows
+    if parametrize:
+        mode["straight_through"] = True
+    constrain(model[2], "weight", ColumnNormBall(), **mode)
+    constrain(model[4], "weight", FrobeniusBall(0.5), **mode)  # rank 1: no rows
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(5.0)  # start outside every set
@@ -236,28 +239,36 @@ def full(tensor: Tensor) -> Tensor:
     return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
+def plain_names(model: nn.Module) -> dict[str, Tensor]:
+    """The full raw tensors by plain name (``0.weight``), in either registration mode."""
+    return {
+        n.replace("parametrizations.", "").replace(".original", ""): full(p).detach()
+        for n, p in model.named_parameters()
+    }
+
+
 def assert_feasible_fsdp(named: dict[str, Tensor]) -> None:
-    w0 = named["0.parametrizations.weight.original"].double()
-    assert (w0.abs() <= FSDP_ROW_UPPER).all()
-    assert (named["0.parametrizations.bias.original"].double().abs() <= 0.1).all()
-    columns = torch.linalg.vector_norm(named["2.parametrizations.weight.original"].double(), dim=0)
+    assert (named["0.weight"].double().abs() <= FSDP_ROW_UPPER).all()
+    assert (named["0.bias"].double().abs() <= 0.1).all()
+    columns = torch.linalg.vector_norm(named["2.weight"].double(), dim=0)
     assert (columns <= 1 + 1e-6).all(), columns
-    assert torch.linalg.vector_norm(named["4.parametrizations.weight.original"]) <= 0.5 + 1e-6
+    assert torch.linalg.vector_norm(named["4.weight"]) <= 0.5 + 1e-6
 
 
 def fsdp_worker(rank: int, store: str) -> None:
     from torch.distributed.device_mesh import init_device_mesh
 
     init(rank, store)
-    train_fsdp(rank, init_device_mesh("cpu", (WORLD,)))
+    for parametrize in (True, False):
+        train_fsdp(rank, init_device_mesh("cpu", (WORLD,)), parametrize)
     shutdown()
 
 
-def train_fsdp(rank: int, mesh: Any) -> None:
+def train_fsdp(rank: int, mesh: Any, parametrize: bool) -> None:
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor, Shard
 
-    model = fsdp_model()
+    model = fsdp_model(parametrize)
     reference = copy.deepcopy(model)
     for layer in model:
         if isinstance(layer, nn.Linear):
@@ -270,19 +281,18 @@ def train_fsdp(rank: int, mesh: Any) -> None:
     hard_project(reference)
     for (name, p), ref in zip(model.named_parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(full(p), ref.detach(), rtol=1e-6, atol=1e-7, msg=name)
-    named = {n: full(p).detach() for n, p in model.named_parameters()}
+    named = plain_names(model)
     assert_feasible_fsdp(named)
-    assert torch.allclose(
-        torch.linalg.vector_norm(named["2.parametrizations.weight.original"], dim=0),
-        torch.ones(8),
-    ), "every column was scaled back onto the sphere"
+    assert torch.allclose(torch.linalg.vector_norm(named["2.weight"], dim=0), torch.ones(8)), (
+        "every column was scaled back onto the sphere"
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.3)
     project_after_step(optimizer, model)
     ref_optimizer = torch.optim.SGD(reference.parameters(), lr=0.3)
     project_after_step(ref_optimizer, reference)
     for step in range(STEPS):
         train_step(model, optimizer, reference, ref_optimizer, step, rank)
-        named = {n: full(p).detach() for n, p in model.named_parameters()}
+        named = plain_names(model)
         assert_feasible_fsdp(named)
         for (name, value), ref in zip(named.items(), reference.parameters(), strict=True):
             torch.testing.assert_close(value, ref.detach(), rtol=1e-5, atol=1e-6, msg=name)
