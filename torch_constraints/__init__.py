@@ -11,6 +11,7 @@ from .base import Constraint
 from .box import Box, NonNeg
 from .checkpoint import CHECKPOINT_FORMAT, plain_state_dict
 from .hooks import project_after_step
+from .matrix import PSD, Orthogonal, SpectralBall, spectral_norm_bound
 from .norm import MaxNorm, MinMaxNorm, UnitNorm
 from .projection import hard_project
 from .registration import constrain, constrain_all, named_constraints, unconstrain
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "PSD",
     "Box",
     "Constraint",
     "L1Ball",
@@ -30,7 +32,9 @@ __all__ = [
     "MaxNorm",
     "MinMaxNorm",
     "NonNeg",
+    "Orthogonal",
     "Simplex",
+    "SpectralBall",
     "UnitNorm",
     "__version__",
     "constrain",
@@ -41,5 +45,6 @@ __all__ = [
     "plain_state_dict",
     "project_after_step",
     "serialize",
+    "spectral_norm_bound",
     "unconstrain",
 ]

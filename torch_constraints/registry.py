@@ -8,6 +8,7 @@ from typing import Any
 
 from .base import Constraint
 from .box import Box, NonNeg
+from .matrix import PSD, Orthogonal, SpectralBall
 from .norm import MaxNorm, MinMaxNorm, UnitNorm
 from .sets import L1Ball, L2Ball, L2Sphere, LinfBall, Simplex
 
@@ -26,6 +27,9 @@ _BUILTIN: dict[str, type[Constraint]] = {
         L2Ball,
         LinfBall,
         L2Sphere,
+        SpectralBall,
+        Orthogonal,
+        PSD,
     )
 }
 
