@@ -12,6 +12,7 @@ from .box import Box, NonNeg
 from .checkpoint import CHECKPOINT_FORMAT, plain_state_dict
 from .hooks import project_after_step
 from .matrix import PSD, Orthogonal, SpectralBall, spectral_norm_bound
+from .monitoring import saturation, violation
 from .norm import MaxNorm, MinMaxNorm, UnitNorm
 from .projection import hard_project
 from .registration import constrain, constrain_all, named_constraints, unconstrain
@@ -44,7 +45,9 @@ __all__ = [
     "named_constraints",
     "plain_state_dict",
     "project_after_step",
+    "saturation",
     "serialize",
     "spectral_norm_bound",
     "unconstrain",
+    "violation",
 ]
