@@ -378,7 +378,7 @@ def test_only_the_infeasible_matrices_are_decomposed() -> None:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(torch.linalg, "svd", counting)
         c.project_(stack)
-    assert shapes == [(1, 5, 7)]
+    assert len(shapes) == 1 and shapes[0] in [(1, 5, 7), (1, 7, 5)]  # either orientation
     assert torch.equal(stack[0], expected[0])
     np.testing.assert_allclose(stack[1].numpy(), expected[1], atol=1e-12)
 
