@@ -603,7 +603,7 @@ def _format_matrix(result: MatrixResult) -> Iterator[str]:
         f"{', ...' if len(shapes) > 4 else ''}"
     )
     exact = result.seconds["hard_project exact"]
-    yield f"  {'method':<24}{'ms':>10}{'x exact':>9}"
+    yield f"  {'candidate':<24}{'ms':>10}{'x exact':>9}"
     for row, value in result.seconds.items():
         yield f"  {row:<24}{value * 1e3:>10.1f}{value / exact:>9.2f}"
     for check in result.checks:
