@@ -358,8 +358,9 @@ class SpectralBall(_MatrixConstraint):
     ``hard_project`` (:meth:`project_`) runs the SVD only on matrices not
     certified inside by :func:`spectral_norm_bound`, so the feasible case costs
     no SVD; matrices with a row or column longer than :math:`r` (a lower bound
-    on :math:`\sigma_{\max}`) go to the SVD without computing the bound. Deciding
-    takes at most two host-device synchronisations per batch of same-shaped
+    on :math:`\sigma_{\max}`) go to the SVD without computing the bound, and a
+    bound with a single Gram squaring is tried before the full one. Deciding
+    takes at most three host-device synchronisations per batch of same-shaped
     matrices. The forward map (:meth:`project`) never synchronises: it always
     computes the SVD.
 
@@ -443,11 +444,15 @@ class SpectralBall(_MatrixConstraint):
         flat = x.reshape(-1, *x.shape[lead - 1 : lead], math.prod(x.shape[lead:]))
         outside = _certainly_outside(flat, self.radius)  # sync 1
         unsure = [i for i in range(flat.shape[0]) if i not in set(outside)]
-        if unsure:
+        # A cheap bound first (one squaring) certifies matrices well inside; the
+        # full one only what it leaves (syncs 2 and 3).
+        for iterations in sorted({min(1, self.iterations), self.iterations}):
+            if not unsure:
+                break
             chosen = flat if len(unsure) == flat.shape[0] else flat[unsure]
-            bound = spectral_norm_bound(chosen, iterations=self.iterations)
-            over = (bound > self.radius).nonzero().flatten().tolist()  # sync 2
-            outside = sorted(outside + [unsure[i] for i in over])
+            bound = spectral_norm_bound(chosen, iterations=iterations)
+            unsure = [unsure[i] for i in (bound > self.radius).nonzero().flatten().tolist()]
+        outside = sorted(outside + unsure)
         if not outside:
             return x
         chosen = flat if len(outside) == flat.shape[0] else flat[outside]
