@@ -81,7 +81,7 @@ def saturation(module: nn.Module) -> dict[str, float]:
         >>> from torch_constraints import constrain, saturation
         >>> layer = constrain(nn.Linear(4, 2), "weight", -0.5, 0.5)
         >>> with torch.no_grad():
-        ...     layer.parametrizations.weight.original.copy_(
+        ...     _ = layer.parametrizations.weight.original.copy_(
         ...         torch.tensor([[9.0, -9.0, 0.1, 0.2], [0.3, 0.0, 0.5, -0.2]]))
         >>> saturation(layer)
         {'weight': 0.375}
@@ -135,7 +135,7 @@ def violation(module: nn.Module) -> dict[str, float]:
         >>> from torch_constraints import constrain, violation
         >>> layer = constrain(nn.Linear(2, 1), "weight", -1, 1, straight_through=True)
         >>> with torch.no_grad():
-        ...     layer.parametrizations.weight.original.copy_(torch.tensor([[1.75, -0.5]]))
+        ...     _ = layer.parametrizations.weight.original.copy_(torch.tensor([[1.75, -0.5]]))
         >>> violation(layer)
         {'weight': 0.75}
     """
