@@ -19,6 +19,9 @@ from torch_constraints import bench
 def small_bench(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(bench.PARAMETER_SETS, "small-2000", lambda: [(8, 8)] * 20)
     monkeypatch.setitem(bench.TRAINING_CASES, "cpu", [("mlp-2x16", 16, 2, 4, torch.float32)])
+    monkeypatch.setattr(
+        bench, "MATRIX_SETS", {"small-matrices": lambda: [(8, 6)] * 3 + [(4, 2, 3)]}
+    )
 
 
 def test_the_benchmark_prints_every_row_and_writes_json(
@@ -82,3 +85,17 @@ def test_the_training_part_runs_compiled(
     assert "method" not in printed  # no projection table
     for mode in bench.MODES:
         assert mode in printed
+
+
+def test_the_matrix_rows(
+    small_bench: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["--device", "cpu", "--skip-projection", "--skip-training", "--json", str(out)]
+    assert bench.main(argv) == 0
+    printed = capsys.readouterr().out
+    for row in ["svd loop", "hard_project exact", "hard_project feasible", "hard_project rescale"]:
+        assert row in printed
+    (matrix,) = json.loads(out.read_text())["matrix"]
+    assert matrix["parameter_set"] == "small-matrices" and matrix["tensors"] == 4
+    assert len(matrix["checks"]) == len(bench.MATRIX_TARGETS)

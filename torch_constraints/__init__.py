@@ -12,6 +12,8 @@ from .base import Constraint
 from .box import Box, NonNeg
 from .checkpoint import CHECKPOINT_FORMAT, plain_state_dict
 from .hooks import project_after_step
+from .matrix import PSD, Orthogonal, SpectralBall, spectral_norm_bound
+from .monitoring import saturation, violation
 from .norm import MaxNorm, MinMaxNorm, UnitNorm
 from .packing import PackedProjection
 from .projection import hard_project
@@ -23,6 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "PSD",
     "Box",
     "Constraint",
     "L1Ball",
@@ -32,8 +35,10 @@ __all__ = [
     "MaxNorm",
     "MinMaxNorm",
     "NonNeg",
+    "Orthogonal",
     "PackedProjection",
     "Simplex",
+    "SpectralBall",
     "UnitNorm",
     "__version__",
     "constrain",
@@ -43,6 +48,9 @@ __all__ = [
     "named_constraints",
     "plain_state_dict",
     "project_after_step",
+    "saturation",
     "serialize",
+    "spectral_norm_bound",
     "unconstrain",
+    "violation",
 ]

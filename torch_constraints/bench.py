@@ -25,7 +25,9 @@ with other work, compare the ratios.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
 import platform
 import statistics
 import sys
@@ -37,7 +39,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import MaxNorm, PackedProjection, constrain_all, hard_project, project_after_step
+from . import (
+    MaxNorm,
+    PackedProjection,
+    SpectralBall,
+    constrain_all,
+    hard_project,
+    project_after_step,
+)
 
 __all__ = ["PARAMETER_SETS", "main", "parameter_set"]
 
@@ -472,6 +481,9 @@ def main(argv: list[str] | None = None) -> int:
         help="torch.compile the models of the training part with this mode "
         "('default', 'reduce-overhead' for CUDA graphs, ...)",
     )
+    parser.add_argument(
+        "--skip-matrix", action="store_true", help="skip the matrix part (SpectralBall, CPU)"
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
 
@@ -492,6 +504,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     for case in training:
         print("\n".join(_format_training(case)))
+    matrix = []
+    for name in [] if args.skip_matrix or cuda else MATRIX_SETS:
+        matrix.append(bench_matrix(name, rounds=3))
+        print("\n".join(_format_matrix(matrix[-1])), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
@@ -499,11 +515,119 @@ def main(argv: list[str] | None = None) -> int:
                     "header": _header(device, dtype),
                     "projection": [asdict(r) for r in projection],
                     "training": [asdict(r) for r in training],
+                    "matrix": [asdict(r) for r in matrix],
                 },
                 f,
                 indent=2,
             )
     return 0
+
+
+# ----------------------------------------------------------------------------- part 3: matrices
+#: Weight shapes for the matrix rows (CPU): the decompositions cost O(m^2 n) each, so
+#: one GPT-2-small transformer block's Linear weights (not the 50257x768 embedding,
+#: whose SVD alone takes seconds) and ResNet-50's convolutions before the first with
+#: 1024 output channels (stages 1 and 2, the first block of stage 3).
+MATRIX_SETS: dict[str, Callable[[], list[tuple[int, ...]]]] = {
+    "gpt2-small-block": lambda: [(3 * 768, 768), (768, 768), (4 * 768, 768), (768, 4 * 768)],
+    "resnet50-early-convs": lambda: [
+        s
+        for s in itertools.takewhile(lambda s: s[0] < 1024, _resnet50_shapes())
+        if len(s) == 4 and s[1] > 3
+    ],
+}
+#: Targets of issue 13, as (row, reference row, largest allowed time ratio).
+MATRIX_TARGETS = [
+    ("hard_project exact", "svd loop", 1.0),
+    ("hard_project feasible", "hard_project exact", 0.2),
+    ("hard_project rescale", "hard_project exact", 0.2),
+]
+
+
+@dataclass
+class MatrixResult:
+    parameter_set: str
+    tensors: int
+    seconds: dict[str, float]
+    checks: list[str] = field(default_factory=list)
+
+
+def bench_matrix(name: str, rounds: int = 3) -> MatrixResult:
+    """Time ``hard_project`` with ``SpectralBall(1.0)`` against a per-tensor SVD loop (CPU).
+
+    Rows: the hand-written loop (``torch.linalg.svd`` of each ``weight.reshape(out, -1)``,
+    singular values clipped); ``hard_project`` on the same infeasible weights (the
+    certified bound, then the SVD); on feasible weights (the bound only); and with
+    ``method="rescale"``. Every candidate restores its infeasible (or feasible) start
+    values before each timed call, so each call does the same work.
+    """
+    shapes = MATRIX_SETS[name]()
+    generator = torch.Generator().manual_seed(0)
+    start = [torch.randn(shape, generator=generator) / math.sqrt(shape[0]) for shape in shapes]
+    outside = [w * 3 for w in start]  # sigma_max about 3 * (1 + sqrt(n / m)): outside
+    inside = []
+    for w in start:
+        sigma = float(torch.linalg.matrix_norm(w.reshape(w.shape[0], -1), ord=2))
+        inside.append(w * (0.5 / sigma))
+
+    def holders(values: list[Tensor], constraint: SpectralBall | None) -> nn.ModuleList:
+        modules = nn.ModuleList(_Holder(v.clone()) for v in values)
+        if constraint is not None:
+            constrain_all(modules, constraint)
+        return modules
+
+    def raws(modules: nn.ModuleList) -> list[Tensor]:
+        return list(modules.parameters())  # the raw tensors, in module order
+
+    loop_tensors = [w.clone() for w in outside]
+    exact = holders(outside, SpectralBall(1.0))
+    feasible = holders(inside, SpectralBall(1.0))
+    rescale = holders(outside, SpectralBall(1.0, method="rescale"))
+
+    def restored(
+        targets: list[Tensor], values: list[Tensor], fn: Callable[[], None]
+    ) -> Callable[[], None]:
+        def run() -> None:
+            with torch.no_grad():
+                for t, v in zip(targets, values, strict=True):
+                    t.copy_(v)
+            fn()
+
+        return run
+
+    @torch.no_grad()
+    def svd_loop() -> None:
+        for w in loop_tensors:
+            u, s, vh = torch.linalg.svd(w.reshape(w.shape[0], -1), full_matrices=False)
+            w.copy_(((u * s.clamp_max(1.0)[None, :]) @ vh).reshape(w.shape))
+
+    candidates = {
+        "svd loop": restored(loop_tensors, outside, svd_loop),
+        "hard_project exact": restored(raws(exact), outside, lambda: hard_project(exact)),
+        "hard_project feasible": restored(raws(feasible), inside, lambda: hard_project(feasible)),
+        "hard_project rescale": restored(raws(rescale), outside, lambda: hard_project(rescale)),
+    }
+    seconds = _interleaved_medians(candidates, "cpu", rounds, warmup=1)
+    checks = [
+        _check(f"{row} / {ref}", seconds[row] / seconds[ref], "<=", limit)
+        for row, ref, limit in MATRIX_TARGETS
+    ]
+    return MatrixResult(name, len(shapes), seconds, checks)
+
+
+def _format_matrix(result: MatrixResult) -> Iterator[str]:
+    shapes = sorted({s for s in MATRIX_SETS[result.parameter_set]()}, key=str)
+    yield (
+        f"\n{result.parameter_set}: {result.tensors} weights as (out, -1) matrices, "
+        f"SpectralBall(1.0); shapes {', '.join('x'.join(map(str, s)) for s in shapes[:4])}"
+        f"{', ...' if len(shapes) > 4 else ''}"
+    )
+    exact = result.seconds["hard_project exact"]
+    yield f"  {'candidate':<24}{'ms':>10}{'x exact':>9}"
+    for row, value in result.seconds.items():
+        yield f"  {row:<24}{value * 1e3:>10.1f}{value / exact:>9.2f}"
+    for check in result.checks:
+        yield f"  {check}"
 
 
 if __name__ == "__main__":

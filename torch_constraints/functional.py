@@ -253,9 +253,7 @@ def _norm_parts(rows: Tensor) -> tuple[Tensor, Tensor]:
     return ns, s
 
 
-def _norm_factors(
-    rows: Tensor, lo: float, hi: float, rate: float = 1.0
-) -> tuple[Tensor, Tensor]:
+def _norm_factors(rows: Tensor, lo: float, hi: float, rate: float = 1.0) -> tuple[Tensor, Tensor]:
     """Per-row factors ``(f1, f2)``: ``rows * f1 * f2`` has its norm brought into ``[lo, hi]``.
 
     ``f1`` is a power of two and ``f2`` a normal number of the computing dtype, so

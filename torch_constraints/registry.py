@@ -12,6 +12,7 @@ from torch import Tensor
 
 from .base import Constraint
 from .box import Box, NonNeg
+from .matrix import PSD, Orthogonal, SpectralBall
 from .norm import MaxNorm, MinMaxNorm, UnitNorm
 from .sets import L1Ball, L2Ball, L2Sphere, LinfBall, Simplex
 
@@ -30,6 +31,9 @@ _BUILTIN: dict[str, type[Constraint]] = {
         L2Ball,
         LinfBall,
         L2Sphere,
+        SpectralBall,
+        Orthogonal,
+        PSD,
     )
 }
 

@@ -1,0 +1,520 @@
+"""SpectralBall, Orthogonal, PSD: numpy float64 oracles, feasibility, gradients, batching."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from helpers import raw
+from torch import nn
+
+from torch_constraints import (
+    PSD,
+    Constraint,
+    Orthogonal,
+    PackedProjection,
+    SpectralBall,
+    constrain,
+    get,
+    hard_project,
+    serialize,
+    spectral_norm_bound,
+)
+
+SHAPES = [(5, 8), (8, 5), (6, 6), (3, 2, 2, 2)]  # wide, tall, square, a conv (3, 8)
+
+
+# ----------------------------------------------------------------------------- oracles
+def as_matrix(w: np.ndarray) -> np.ndarray:
+    return w.reshape(w.shape[0], -1)
+
+
+def oracle_ball(w: np.ndarray, radius: float) -> np.ndarray:
+    m = as_matrix(w)
+    u, s, vh = np.linalg.svd(m, full_matrices=False)
+    return ((u * np.minimum(s, radius)) @ vh).reshape(w.shape)
+
+
+def oracle_polar(w: np.ndarray) -> np.ndarray:
+    u, _, vh = np.linalg.svd(as_matrix(w), full_matrices=False)
+    return (u @ vh).reshape(w.shape)
+
+
+def oracle_psd(w: np.ndarray) -> np.ndarray:
+    m = as_matrix(w)
+    lam, q = np.linalg.eigh((m + m.T) / 2)
+    return ((q * np.maximum(lam, 0)) @ q.T).reshape(w.shape)
+
+
+def sigma_max(w: torch.Tensor) -> float:
+    return float(np.linalg.norm(as_matrix(w.detach().double().numpy()), 2))
+
+
+def with_singular_values(shape: tuple[int, ...], values: list[float], seed: int) -> np.ndarray:
+    """A matrix of ``shape`` (as (out, -1)) with the given singular values."""
+    rng = np.random.default_rng(seed)
+    m, n = shape[0], math.prod(shape[1:])
+    k = min(m, n)
+    u, _ = np.linalg.qr(rng.standard_normal((m, k)))
+    v, _ = np.linalg.qr(rng.standard_normal((n, k)))
+    s = np.array((values * k)[:k])
+    return ((u * s) @ v.T).reshape(shape)
+
+
+def random(shape: tuple[int, ...], seed: int, scale: float = 1.0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape) * scale
+
+
+CASES = {
+    "random": lambda shape: random(shape, 0, 1.0),
+    "rank_one": lambda shape: with_singular_values(shape, [3.0] + [0.0] * 10, 1),
+    "repeated": lambda shape: with_singular_values(shape, [2.0, 2.0, 0.5], 2),
+    "feasible": lambda shape: with_singular_values(shape, [0.9, 0.3], 3),
+}
+
+
+# ----------------------------------------------------------------------------- float64 oracle
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("case", CASES)
+def test_spectral_ball_matches_numpy_svd(shape: tuple[int, ...], case: str) -> None:
+    w = CASES[case](shape)
+    expected = oracle_ball(w, 1.0)
+    got = SpectralBall(1.0).project(torch.from_numpy(w))
+    np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-12)
+    inplace = torch.from_numpy(w.copy())
+    SpectralBall(1.0).project_(inplace)
+    np.testing.assert_allclose(inplace.numpy(), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("case", ["random", "repeated", "feasible"])
+def test_orthogonal_matches_numpy_polar_factor(shape: tuple[int, ...], case: str) -> None:
+    w = CASES[case](shape)  # full rank: the polar factor is unique
+    got = Orthogonal().project(torch.from_numpy(w))
+    np.testing.assert_allclose(got.numpy(), oracle_polar(w), rtol=0, atol=1e-12)
+
+
+def test_orthogonal_of_rank_deficient_matrix_is_still_orthogonal() -> None:
+    w = torch.from_numpy(with_singular_values((4, 6), [2.0, 0.0], 4))
+    q = Orthogonal().project(w)
+    torch.testing.assert_close(q @ q.T, torch.eye(4, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", ["random", "rank_deficient", "psd", "negative"])
+def test_psd_matches_numpy_eigh(case: str) -> None:
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((6, 6))
+    w = {
+        "random": a,
+        "rank_deficient": a[:, :2] @ a[:, :2].T - a[:, 2:4] @ a[:, 2:4].T,
+        "psd": a @ a.T,
+        "negative": -(a @ a.T),
+    }[case]
+    got = PSD().project(torch.from_numpy(w))
+    np.testing.assert_allclose(got.numpy(), oracle_psd(w), rtol=0, atol=1e-12)
+    assert torch.equal(got, got.T)
+
+
+def test_psd_of_a_conv_shaped_square_weight() -> None:
+    w = random((8, 2, 2, 2), 6)
+    got = PSD().project(torch.from_numpy(w))
+    np.testing.assert_allclose(got.numpy(), oracle_psd(w), rtol=0, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- low precision
+# float32: 1e-5 relative to the largest singular value; bfloat16: decomposed in float32,
+# then rounded, so within a few bfloat16 units (2**-8) of the largest entry.
+TOLERANCES = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 4e-3}
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCES), ids=str)
+@pytest.mark.parametrize(
+    ("constraint", "oracle"),
+    [
+        (SpectralBall(1.0), lambda w: oracle_ball(w, 1.0)),
+        (Orthogonal(), oracle_polar),
+        (PSD(), oracle_psd),
+    ],
+    ids=["SpectralBall", "Orthogonal", "PSD"],
+)
+def test_low_precision_within_documented_tolerance(dtype: torch.dtype, constraint, oracle) -> None:  # type: ignore[no-untyped-def]
+    w = torch.from_numpy(random((16, 16), 7, 0.5)).to(dtype)
+    expected = oracle(w.double().numpy())
+    got = constraint.project(w)
+    assert got.dtype == dtype
+    scale = max(1.0, np.abs(expected).max())
+    assert np.abs(got.double().numpy() - expected).max() <= TOLERANCES[dtype] * scale
+
+
+# ----------------------------------------------------------------------------- properties
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_spectral_ball_identity_inside_bit_for_bit(shape: tuple[int, ...]) -> None:
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        w = torch.from_numpy(with_singular_values(shape, [0.99, 0.5, 0.1], 8)).to(dtype)
+        assert torch.equal(SpectralBall(1.0).project(w), w)
+        inplace = w.clone()
+        SpectralBall(1.0).project_(inplace)
+        assert torch.equal(inplace, w)
+
+
+def test_psd_identity_on_symmetric_psd_bit_for_bit() -> None:
+    a = torch.randn(7, 7, generator=torch.Generator().manual_seed(0))
+    w = a @ a.T + torch.eye(7)
+    w = (w + w.T) / 2
+    assert torch.equal(PSD().project(w), w)
+
+
+@pytest.mark.parametrize(
+    "constraint", [SpectralBall(0.7), Orthogonal(), PSD()], ids=["ball", "orth", "psd"]
+)
+def test_idempotent(constraint: SpectralBall | Orthogonal | PSD) -> None:
+    w = torch.from_numpy(random((6, 6), 9, 2.0))
+    once = constraint.project(w)
+    torch.testing.assert_close(constraint.project(once), once, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("constraint", [SpectralBall(0.7), PSD()], ids=["ball", "psd"])
+def test_non_expansive(constraint: SpectralBall | PSD) -> None:
+    for seed in range(10):
+        x = torch.from_numpy(random((6, 6), 100 + seed, 2.0))
+        y = torch.from_numpy(random((6, 6), 200 + seed, 2.0))
+        gap = (constraint.project(x) - constraint.project(y)).norm()
+        assert gap <= (x - y).norm() * (1 + 1e-12)
+
+
+# ----------------------------------------------------------------------------- the bound
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(
+    "case",
+    ["rank_one", "repeated", "random_square", "random_wide", "tall", "zero", "tiny", "huge"],
+)
+def test_spectral_norm_bound_never_under_estimates(dtype: torch.dtype, case: str) -> None:
+    w = {
+        "rank_one": with_singular_values((40, 60), [5.0, 0.0], 10),
+        "repeated": with_singular_values((40, 40), [1.0], 11),
+        "random_square": random((64, 64), 12),
+        "random_wide": random((16, 300), 13),
+        "tall": random((300, 16), 14),
+        "zero": np.zeros((5, 5)),
+        "tiny": random((20, 20), 15, 1e-30),
+        "huge": random((20, 20), 16, 1e30),
+    }[case]
+    if dtype == torch.bfloat16 and case in ("tiny", "huge"):
+        return  # out of bfloat16's range
+    stored = torch.from_numpy(w).to(dtype)
+    bound = float(spectral_norm_bound(stored))
+    exact = sigma_max(stored)
+    assert exact <= bound
+    assert bound <= exact * 1.1 + 1e-300  # and useful
+
+
+def test_spectral_norm_bound_batched_and_tight_with_more_iterations() -> None:
+    w = torch.from_numpy(np.stack([random((30, 20), s) for s in range(4)]))
+    bounds = spectral_norm_bound(w, iterations=8)
+    exact = torch.linalg.matrix_norm(w, ord=2)
+    assert bounds.shape == (4,)
+    assert bool((bounds >= exact).all()) and bool((bounds <= exact * 1.001).all())
+
+
+def test_spectral_norm_bound_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        spectral_norm_bound(torch.ones(3))
+    with pytest.raises(ValueError, match="-1"):
+        spectral_norm_bound(torch.ones(3, 3), iterations=-1)
+
+
+# ----------------------------------------------------------------------------- rescale
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+def test_rescale_is_always_inside_and_keeps_feasible_matrices(dtype: torch.dtype) -> None:
+    c = SpectralBall(1.0, method="rescale")
+    for seed in range(5):
+        w = torch.from_numpy(random((32, 48), 300 + seed, 1.0)).to(dtype)
+        out = c.project(w)
+        assert out.dtype == dtype
+        assert sigma_max(out) <= 1.0
+        # A multiple of w, shrunk at most by the bound's overshoot.
+        ratio = sigma_max(out) / sigma_max(w)
+        assert 1 / sigma_max(w) / 1.1 <= ratio
+    inside = torch.from_numpy(with_singular_values((32, 48), [0.9, 0.1], 17)).to(dtype)
+    assert torch.equal(c.project(inside), inside)
+    inplace = inside.clone()
+    c.project_(inplace)
+    assert torch.equal(inplace, inside)
+
+
+# ----------------------------------------------------------------------------- gradients
+@pytest.mark.parametrize("shape", [(4, 6), (6, 4), (3, 2, 2)], ids=str)
+@pytest.mark.parametrize(
+    "constraint",
+    [SpectralBall(1.0), Orthogonal(), SpectralBall(1.0, method="rescale")],
+    ids=["ball", "orth", "rescale"],
+)
+def test_gradcheck(shape: tuple[int, ...], constraint: nn.Module) -> None:
+    w = torch.from_numpy(random(shape, 18, 1.0)).requires_grad_()
+    assert torch.autograd.gradcheck(constraint.project, (w,))  # type: ignore[attr-defined]
+
+
+def test_gradcheck_psd() -> None:
+    w = torch.from_numpy(random((5, 5), 19)).requires_grad_()
+    assert torch.autograd.gradcheck(PSD().project, (w,))
+
+
+def test_spectral_ball_jacobian_is_the_identity_inside_even_with_repeated_values() -> None:
+    w = torch.from_numpy(with_singular_values((6, 6), [0.5], 20)).requires_grad_()
+    upstream = torch.randn(6, 6, dtype=torch.float64)
+    (grad,) = torch.autograd.grad(SpectralBall(1.0).project(w), w, upstream)
+    assert torch.equal(grad, upstream)
+
+
+def test_gradient_finite_on_the_boundary_after_projection() -> None:
+    # Every singular value equal to the radius: torch.linalg.svd's own backward
+    # divides by sigma_i^2 - sigma_j^2 there.
+    w = SpectralBall(1.0).project(torch.from_numpy(random((8, 8), 21, 3.0)))
+    w = (w * 1.01).requires_grad_()
+    (grad,) = torch.autograd.grad(SpectralBall(1.0).project(w).sum(), w)
+    assert bool(grad.isfinite().all())
+    # Projection onto a convex set: its Jacobian has operator norm <= 1.
+    assert grad.norm() <= torch.ones(8, 8).norm() * (1 + 1e-9)
+
+
+def test_straight_through_passes_the_gradient_unchanged() -> None:
+    layer = constrain(nn.Linear(6, 4), "weight", SpectralBall(0.1), straight_through=True)
+    layer.weight.sum().backward()
+    assert torch.equal(raw(layer).grad, torch.ones(4, 6))  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- in a model
+def test_hard_project_feasibility_and_oracle_on_a_model() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(12, 16),
+        nn.Linear(16, 16),
+        nn.Linear(16, 16),
+        nn.Conv2d(4, 8, 3),
+        nn.Linear(16, 3),
+    )
+    for layer in model:
+        constrain(layer, "weight", SpectralBall(1.0))
+    with torch.no_grad():
+        for layer in model:
+            raw(layer).mul_(torch.tensor(float(layer.weight.shape[0])) / 2)
+        before = [raw(layer).detach().double().numpy().copy() for layer in model]
+    ids = [(id(raw(layer)), raw(layer).data_ptr()) for layer in model]
+    hard_project(model)
+    for layer, w in zip(model, before, strict=True):
+        np.testing.assert_allclose(
+            raw(layer).detach().double().numpy(), oracle_ball(w, 1.0), atol=2e-5
+        )
+        assert sigma_max(raw(layer)) <= 1.0 + 2e-6
+    assert ids == [(id(raw(layer)), raw(layer).data_ptr()) for layer in model]
+
+
+@pytest.mark.parametrize("pack", [True, False])
+@pytest.mark.parametrize(
+    ("constraint", "oracle"),
+    [
+        (SpectralBall(0.5), lambda w: oracle_ball(w, 0.5)),
+        (Orthogonal(), oracle_polar),
+        (PSD(), oracle_psd),
+    ],
+    ids=["ball", "orth", "psd"],
+)
+def test_hard_project_batches_same_shaped_tensors(pack: bool, constraint, oracle) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(1)
+    model = nn.Sequential(
+        *[nn.Linear(8, 8, dtype=torch.float64) for _ in range(4)], nn.Linear(8, 8)
+    )
+    for layer in model:
+        constrain(layer, "weight", constraint)
+    with torch.no_grad():
+        for layer in model:
+            raw(layer).mul_(3.0)
+        before = [raw(layer).detach().double().numpy().copy() for layer in model]
+    calls = []
+    original = torch.linalg.svd if not isinstance(constraint, PSD) else torch.linalg.eigh
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(args[0].shape)
+        return original(*args, **kwargs)
+
+    name = "eigh" if isinstance(constraint, PSD) else "svd"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.linalg, name, counting)
+        if pack:
+            PackedProjection(model)()
+        else:
+            hard_project(model)
+    for layer, w in zip(model, before, strict=True):
+        tol = 1e-12 if raw(layer).dtype == torch.float64 else 1e-5
+        np.testing.assert_allclose(
+            raw(layer).detach().double().numpy(), oracle(w), rtol=0, atol=tol
+        )
+    # The four float64 weights in one batched call, the float32 one alone.
+    assert sorted(math.prod(shape[:-2]) for shape in calls) == [1, 4]
+    assert all(shape[-2:] == (8, 8) for shape in calls)
+
+
+def test_feasible_weights_cost_no_svd() -> None:
+    model = nn.Sequential(*[nn.Linear(8, 8) for _ in range(3)])
+    for layer in model:
+        constrain(layer, "weight", SpectralBall(10.0))
+    before = [raw(layer).clone() for layer in model]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.linalg, "svd", lambda *a, **k: pytest.fail("SVD on a feasible weight"))
+        hard_project(model)
+    assert all(torch.equal(raw(layer), w) for layer, w in zip(model, before, strict=True))
+
+
+def test_only_the_infeasible_matrices_are_decomposed() -> None:
+    stack = torch.from_numpy(np.stack([random((5, 7), 30, 0.01), random((5, 7), 31, 3.0)]))
+    c = SpectralBall(1.0)
+    c.bind(stack[0])
+    shapes = []
+    original = torch.linalg.svd
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        shapes.append(tuple(args[0].shape))
+        return original(*args, **kwargs)
+
+    expected = [stack[0].clone(), oracle_ball(stack[1].numpy(), 1.0)]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.linalg, "svd", counting)
+        c.project_(stack)
+    assert len(shapes) == 1 and shapes[0] in [(1, 5, 7), (1, 7, 5)]  # either orientation
+    assert torch.equal(stack[0], expected[0])
+    np.testing.assert_allclose(stack[1].numpy(), expected[1], atol=1e-12)
+
+
+def test_forward_sees_feasible_weights_in_parametrize_mode() -> None:
+    layer = constrain(nn.Conv2d(3, 4, 3), "weight", Orthogonal())
+    w = layer.weight.reshape(4, -1)
+    torch.testing.assert_close(w @ w.T, torch.eye(4), rtol=0, atol=1e-5)
+    psd = constrain(nn.Linear(5, 5), "weight", PSD())
+    assert float(torch.linalg.eigvalsh(psd.weight.double()).min()) >= -1e-6
+
+
+def test_stacks_after_another_constraint() -> None:
+    layer = constrain(nn.Linear(6, 6), "weight", -0.3, 0.3)
+    constrain(layer, "weight", SpectralBall(0.5))
+    with torch.no_grad():
+        raw(layer).fill_(2.0)
+    hard_project(layer)
+    # Box first, then the ball: all entries 0.3 (rank one, sigma 1.8) scaled to sigma 0.5.
+    torch.testing.assert_close(raw(layer), torch.full((6, 6), 0.5 / 6), rtol=1e-5, atol=0)
+
+
+def test_lipschitz_mlp_after_training() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(4, 32), nn.ReLU(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 2)
+    )
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            constrain(layer, "weight", SpectralBall(1.0))
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    x = torch.randn(256, 4)
+    target = 5 * torch.sin(3 * x[:, :2])  # steep: pushes the weights outwards
+    for _ in range(30):
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), target).backward()
+        opt.step()
+        hard_project(model)
+    a, b = torch.randn(2000, 4), torch.randn(2000, 4) * 0.1
+    b = a + b
+    with torch.no_grad():
+        gap = (model(a) - model(b)).double().norm(dim=1)
+    assert bool((gap <= (a - b).double().norm(dim=1) * (1 + 1e-5)).all())
+    # The weights did reach the boundary, so the test constrains something.
+    assert max(sigma_max(raw(layer)) for layer in model if isinstance(layer, nn.Linear)) > 0.99
+
+
+def test_conv_lipschitz_is_within_sqrt_kernel_area_of_the_reshaped_norm() -> None:
+    torch.manual_seed(2)
+    conv = nn.Conv2d(2, 3, 3, padding=1, bias=False).double()
+    x = torch.zeros(1, 2, 6, 6, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(conv, x).reshape(3 * 36, 2 * 36)
+    operator = float(torch.linalg.matrix_norm(jac, ord=2))
+    reshaped = sigma_max(conv.weight.detach())
+    assert operator <= 3 * reshaped  # sqrt(kh * kw) = 3
+
+
+# ----------------------------------------------------------------------------- config, errors
+@pytest.mark.parametrize(
+    "constraint", [SpectralBall(0.5, method="rescale", iterations=6), Orthogonal(), PSD()]
+)
+def test_config_round_trip_and_copies(constraint: nn.Module) -> None:
+    rebuilt = get(serialize(constraint))  # type: ignore[arg-type]
+    assert repr(rebuilt) == repr(constraint)
+    assert rebuilt.get_config() == constraint.get_config()  # type: ignore[operator]
+    assert repr(copy.deepcopy(constraint)) == repr(constraint)
+
+
+def test_names() -> None:
+    assert type(get("spectral_ball")) is SpectralBall
+    assert type(get("orthogonal")) is Orthogonal
+    assert type(get("psd")) is PSD
+
+
+def test_fusion_key_tells_configurations_apart() -> None:
+    a, b, c = SpectralBall(1.0), SpectralBall(2.0), SpectralBall(1.0, method="rescale")
+    for constraint in (a, b, c):
+        constraint.bind(torch.ones(3, 3))
+    assert len({a.fusion_key(), b.fusion_key(), c.fusion_key()}) == 3
+    d = SpectralBall(1.0)
+    d.bind(torch.ones(3, 1, 3))
+    assert d.fusion_key() != a.fusion_key()
+    assert SpectralBall(1.0).fusion_key() is None  # unbound
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"radius": -1.0}, "radius must be >= 0, got -1.0"),
+        ({"radius": math.inf}, "radius must be finite"),
+        ({"method": "power"}, "method must be 'svd' or 'rescale', got 'power'"),
+        ({"iterations": 31}, "iterations must be in"),
+        ({"iterations": 2.0}, "iterations must be an int, got 2.0"),
+    ],
+)
+def test_spectral_ball_rejects_bad_arguments(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=match):
+        SpectralBall(**kwargs)  # type: ignore[arg-type]
+
+
+def test_psd_refuses_non_square_weight_and_changes_nothing() -> None:
+    layer = nn.Linear(4, 3)
+    before = layer.weight.detach().clone()
+    with pytest.raises(ValueError, match=r"Linear\.weight.*square.*\(3, 4\)"):
+        constrain(layer, "weight", PSD())
+    assert not hasattr(layer, "parametrizations")
+    assert torch.equal(layer.weight, before)
+
+
+@pytest.mark.parametrize("constraint", [SpectralBall(), Orthogonal(), PSD()])
+def test_vectors_refused_at_registration(constraint: nn.Module) -> None:
+    layer = nn.Linear(4, 4)
+    with pytest.raises(ValueError, match=r"bias.*at least 2 dimensions.*\(4,\)"):
+        constrain(layer, "bias", constraint)  # type: ignore[arg-type]
+    assert not hasattr(layer, "parametrizations")
+
+
+@pytest.mark.parametrize("constraint", [SpectralBall(1.0), Orthogonal(), PSD()], ids=repr)
+def test_recorded_without_a_parametrization(constraint: Constraint) -> None:
+    torch.manual_seed(3)
+    layer = nn.Linear(6, 6)
+    weight = layer.weight
+    constrain(layer, "weight", constraint, parametrize=False)
+    assert type(layer) is nn.Linear and layer.weight is weight
+    with torch.no_grad():
+        layer.weight.mul_(5.0)
+    hard_project(layer)
+    w = layer.weight.detach().double()
+    if isinstance(constraint, SpectralBall):
+        assert sigma_max(layer.weight) <= 1.0 + 2e-6
+    elif isinstance(constraint, Orthogonal):
+        assert torch.allclose(w @ w.T, torch.eye(6, dtype=torch.float64), atol=1e-5)
+    else:
+        assert torch.linalg.eigvalsh((w + w.T) / 2).min() >= -1e-5
