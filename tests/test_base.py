@@ -9,7 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-from torch_constraints import Constraint, constrain, constrain_all, hard_project, named_constraints
+from torch_constraints import (
+    Box,
+    Constraint,
+    MaxNorm,
+    constrain,
+    constrain_all,
+    hard_project,
+    named_constraints,
+)
 
 
 class Symmetric(Constraint):
@@ -106,3 +114,42 @@ def test_in_place_projections_work_on_parameters_outside_no_grad() -> None:
         p = nn.Parameter(torch.full((2, 3), 4.0))
         assert c.project_(p) is p, type(c).__name__
         assert not torch.equal(p.detach(), torch.full((2, 3), 4.0)), type(c).__name__
+
+
+# --------------------------------------------------------------------- subclassing
+class RoundedBox(Box):
+    """Clamp, then round to multiples of 0.25: overrides project alone."""
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.round(super().project(x) * 4) / 4
+
+
+@pytest.mark.parametrize("parametrize", [True, False])
+def test_a_subclass_overriding_project_alone_gets_its_own_fast_paths(parametrize: bool) -> None:
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    constrain_all(model, RoundedBox(-1.0, 1.0), include={"weight"}, parametrize=parametrize)
+    constrain(model, "0.bias", -1.0, 1.0)  # a plain Box: never grouped with the subclass
+    slots = [m.parametrizations.weight.original if parametrize else m.weight for m in model]
+    with torch.no_grad():
+        for raw in slots:
+            raw.fill_(0.3)
+    hard_project(model)  # Box's multi-tensor clamp would leave 0.3
+    assert all(torch.equal(raw.detach(), torch.full((2, 2), 0.25)) for raw in slots)
+    assert not RoundedBox.elementwise
+    c = RoundedBox(-1.0, 1.0)
+    assert torch.equal(c.project_(torch.full((3,), 0.3)), torch.full((3,), 0.25))
+    if parametrize:
+        with torch.no_grad():
+            slots[0].fill_(0.3)
+        assert torch.equal(model[0].weight.detach(), torch.full((2, 2), 0.25))
+
+
+def test_a_norm_subclass_overriding_project_gets_the_generic_in_place_path() -> None:
+    class HalfMaxNorm(MaxNorm):
+        def project(self, x: torch.Tensor) -> torch.Tensor:
+            return super().project(x) / 2
+
+    x = torch.full((2, 3), 5.0)
+    assert torch.equal(HalfMaxNorm(1.0).project_(x.clone()), HalfMaxNorm(1.0).project(x))
+    assert HalfMaxNorm.project_ is Constraint.project_
+    assert MaxNorm.project_ is not Constraint.project_

@@ -63,30 +63,30 @@ class Constraint(nn.Module):
     #: project tensors of any shapes that share a :meth:`fusion_key` as one flat tensor.
     elementwise: ClassVar[bool] = False
 
-    #: The fast paths a class derives from its own :meth:`project`. A subclass that
-    #: overrides an inherited ``project`` loses the inherited ones it does not
-    #: override too (see :meth:`__init_subclass__`).
-    _DERIVED: ClassVar[tuple[str, ...]] = ("project_", "project_many_", "fusion_key")
+    #: The methods a class defines that compute its projection without calling
+    #: :meth:`project` (in-place and multi-tensor fast paths). A subclass that
+    #: overrides ``project`` but not one of these gets the generic version, derived
+    #: from its own ``project`` (see :meth:`__init_subclass__`).
+    _bypass_project: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Keep a subclass's fast paths consistent with its own :meth:`project`.
 
         ``class RoundedBox(Box)`` that overrides only ``project`` must not inherit
-        ``Box``'s in-place clamp, its multi-tensor clamp, its fusion key (which would
-        group it with plain boxes) or its ``elementwise`` flag: those would compute
-        ``Box``'s projection, not the subclass's. Each one the subclass does not
-        define itself reverts to the generic version, derived from ``project``.
+        ``Box``'s in-place clamp or its multi-tensor clamp, which would compute
+        ``Box``'s projection, not the subclass's; nor its ``elementwise`` flag. Each
+        such method the subclass does not define itself reverts to the generic
+        version, derived from ``project``. (Fusion keys include the class, so a
+        subclass is never grouped with its parent.)
         """
         super().__init_subclass__(**kwargs)
         own = cls.__dict__
-        overrides_inherited_project = "project" in own and any(
-            "project" in base.__dict__ for base in cls.__mro__[1:] if base is not Constraint
-        )
-        if not overrides_inherited_project:
+        if "project" not in own:
             return
-        for name in cls._DERIVED:
-            if name not in own:
-                setattr(cls, name, getattr(Constraint, name))
+        for base in cls.__mro__[1:]:
+            for name in base.__dict__.get("_bypass_project", ()):
+                if name not in own:
+                    setattr(cls, name, getattr(Constraint, name))
         if "elementwise" not in own:
             cls.elementwise = False
 

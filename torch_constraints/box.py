@@ -47,6 +47,7 @@ class Box(Constraint):
     """
 
     elementwise = True
+    _bypass_project = ("project_", "project_many_")
     min: Bound
     max: Bound
 

@@ -54,6 +54,8 @@ class MaxNorm(SliceConstraint):
         True
     """
 
+    _bypass_project = ("project_",)
+
     def __init__(self, max_value: float = 2.0, dim: Dim = 0) -> None:
         super().__init__(dim)
         self.max_value = _validation.number("MaxNorm", "max_value", max_value, at_least=0)
@@ -109,6 +111,8 @@ class MinMaxNorm(SliceConstraint):
                 [2.3200, 0.5680]])
     """
 
+    _bypass_project = ("project_",)
+
     def __init__(
         self, min_value: float = 0.0, max_value: float = 1.0, rate: float = 1.0, dim: Dim = 0
     ) -> None:
@@ -148,6 +152,8 @@ class UnitNorm(SliceConstraint):
         tensor([[0.6000, 0.8000],
                 [0.0000, 0.0000]])
     """
+
+    _bypass_project = ("project_",)
 
     def __init__(self, dim: Dim = 0) -> None:
         super().__init__(dim)

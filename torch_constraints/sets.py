@@ -50,6 +50,8 @@ class Simplex(SliceConstraint):
         tensor([0.5000, 0.5000, 0.0000])
     """
 
+    _bypass_project = ("project_",)
+
     def __init__(self, scale: float = 1.0, dim: Dim = None) -> None:
         super().__init__(dim)
         self.scale = _validation.number("Simplex", "scale", scale, above=0)
@@ -80,6 +82,8 @@ class L1Ball(SliceConstraint):
         >>> L1Ball(3.0).project(torch.tensor([3.0, -1.0, 0.5]))
         tensor([ 2.5000, -0.5000,  0.0000])
     """
+
+    _bypass_project = ("project_",)
 
     def __init__(self, radius: float = 1.0, dim: Dim = None) -> None:
         super().__init__(dim)
@@ -112,6 +116,8 @@ class L2Ball(SliceConstraint):
         tensor([0.6000, 0.8000])
     """
 
+    _bypass_project = ("project_",)
+
     def __init__(self, radius: float = 1.0, dim: Dim = None) -> None:
         super().__init__(dim)
         self.radius = _validation.number("L2Ball", "radius", radius, at_least=0)
@@ -141,6 +147,8 @@ class L2Sphere(SliceConstraint):
         >>> L2Sphere(10.0).project(torch.tensor([3.0, 4.0]))
         tensor([6., 8.])
     """
+
+    _bypass_project = ("project_",)
 
     def __init__(self, radius: float = 1.0, dim: Dim = None) -> None:
         super().__init__(dim)
