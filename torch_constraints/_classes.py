@@ -99,7 +99,10 @@ def shared_class(base: type[nn.Module], names: Iterable[str]) -> type[nn.Module]
     if cls is None:
         meta = _metaclass(type(base))
         namespace: dict[str, Any] = {
-            "__module__": __name__,
+            # As PyTorch's own parametrized classes do: torch.fx treats classes of
+            # torch.nn modules as leaves, and would otherwise trace into the chain.
+            # Pickling does not look the class up by module (see _reduce_ex).
+            "__module__": parametrize.__name__,
             "__qualname__": f"Parametrized{base.__qualname__}",
             "__doc__": f"{base.__name__} with parametrized tensors (torch_constraints).",
             "__reduce_ex__": _reduce_ex,

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrize import ParametrizationList
 
-from . import _classes, _records, _state_hooks, packing, registry
+from . import _classes, _records, _state_hooks, _tied, packing, registry
 from .base import Constraint
 from .box import Box
 from .functional import Bound
@@ -122,7 +122,10 @@ def constrain(
     owner, tensor_name = _resolve(module, name)
     where = _describe(owner, tensor_name)
     template = _as_constraint(min, max, where)
-    constraint = _prepare(template, owner, tensor_name, where, straight_through, parametrize)
+    aliases = _tied.Aliases(module)
+    constraint = _prepare(
+        template, owner, tensor_name, where, straight_through, parametrize, aliases
+    )
     _register(owner, tensor_name, constraint, parametrize)
     if parametrize:
         _state_hooks.attach_root(module)  # checks a whole checkpoint before the first copy
@@ -184,12 +187,15 @@ def constrain_all(
     _require_bool(parametrize, "parametrize")
     template = _as_constraint(min, max, type_name(module))
     select = _selector(include)
+    aliases = _tied.Aliases(module)
     prepared: list[tuple[str, nn.Module, str, Constraint]] = []
     for qualname, owner, tensor_name in _parameter_slots(module):
         if not select(qualname, owner, tensor_name):
             continue
         where = f"{qualname} ({type_name(owner)})"
-        constraint = _prepare(template, owner, tensor_name, where, straight_through, parametrize)
+        constraint = _prepare(
+            template, owner, tensor_name, where, straight_through, parametrize, aliases
+        )
         prepared.append((qualname, owner, tensor_name, constraint))
     if not prepared:
         raise ValueError(
@@ -410,6 +416,7 @@ def _prepare(
     where: str,
     straight_through: bool,
     parametrized: bool,
+    aliases: _tied.Aliases,
 ) -> Constraint:
     """Check ``template`` against the tensor and return a bound copy; changes nothing.
 
@@ -446,12 +453,50 @@ def _prepare(
                 f"unconstrain(module, {tensor_name!r}) first to replace it"
             )
     raw = _raw_tensor(module, tensor_name)
+    _check_tied(template, raw, module, tensor_name, where, parametrized, aliases)
     template.check(raw, where)
     constraint = copy.deepcopy(template)
     constraint.straight_through = straight_through
     constraint.bind(raw)
     _try_on_current_value(constraint, module, tensor_name, where)
     return constraint
+
+
+def _check_tied(
+    template: Constraint,
+    raw: Tensor,
+    module: nn.Module,
+    tensor_name: str,
+    where: str,
+    parametrized: bool,
+    aliases: _tied.Aliases,
+) -> None:
+    """Refuse what tied weights cannot take (see ``_tied``); changes nothing."""
+    others = aliases.others(raw, module, tensor_name)
+    if not others:
+        return
+    names = ", ".join(repr(qualname) for qualname, _, _ in others)
+    if parametrized:
+        raise ValueError(
+            f"{where} is one Parameter with {names} (tied weights): a parametrization "
+            "would constrain this name only, and the others would read the raw tensor. "
+            "Use parametrize=False, which constrains the tensor itself, for every name"
+        )
+    for qualname, owner, name in others:
+        if our_constraints(owner, name):
+            raise ValueError(
+                f"{where} is one Parameter with {qualname!r}, which carries a "
+                "parametrization; unconstrain it first, then constrain the tensor once "
+                "with parametrize=False"
+            )
+        recorded = _records.constraints(owner, name)
+        if recorded and not any(_tied.same_constraint(c, template) for c in recorded):
+            raise ValueError(
+                f"{where} is one Parameter with {qualname!r}, already constrained by "
+                f"{', '.join(map(repr, recorded))}; two names of one tensor cannot hold it "
+                f"in different sets: constrain it under one name (add {template!r} there "
+                "to stack it)"
+            )
 
 
 @torch.no_grad()
