@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+from typing import Any
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from torch.nn.utils import parametrize
 
 from torch_constraints import (
     Box,
+    Constraint,
     NonNeg,
     constrain,
     constrain_all,
@@ -447,3 +449,74 @@ def test_deepcopy_of_a_constrained_model() -> None:
     assert torch.equal(model(x), clone(x))
     assert raw(clone[0]) is not raw(model[0])
     assert torch.equal(raw(clone[0]), raw(model[0]))
+
+
+# --------------------------------------------------------------------- refusals (issue 11)
+class SymmetricForTest(Constraint):
+    """Symmetric matrices: only square weights can take it."""
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return (x + x.mT) / 2
+
+
+@pytest.mark.parametrize("parametrize", [True, False])
+def test_constrain_all_is_atomic_when_the_constraint_fails_on_a_tensor(parametrize: bool) -> None:
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 2))
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=r"^1\.weight \(Linear\): SymmetricForTest\(\) cannot"):
+        constrain_all(model, SymmetricForTest(), include={"weight"}, parametrize=parametrize)
+    assert not hasattr(model[0], "parametrizations")
+    assert list(named_constraints(model)) == []
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    "name", ["0.parametrizations.weight.original", "0.parametrizations.weight.0.min"]
+)
+def test_internal_names_are_refused_naming_the_public_one(name: str) -> None:
+    model = nn.Sequential(nn.Linear(2, 2))
+    constrain(model, "0.weight", Box(min=-torch.ones(2, 1), max=torch.ones(2, 1)))
+    with pytest.raises(ValueError, match=r"constrain the tensor by its public name, '0\.weight'"):
+        constrain(model, name, -0.1, 0.1)
+    with pytest.raises(ValueError, match="part of a parametrization"):
+        constrain(model[0].parametrizations.weight, "original", -0.1, 0.1)
+    assert len(model[0].parametrizations.weight) == 1
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: hard_project("m"), r"hard_project: expected an nn\.Module, got str"),
+        (lambda: unconstrain("m"), r"unconstrain: expected an nn\.Module, got str"),
+        (lambda: named_constraints(3), r"named_constraints: expected an nn\.Module, got int"),
+        (lambda: constrain([], "w", 0, 1), r"constrain: expected an nn\.Module, got list"),
+        (
+            lambda: constrain_all(nn.Linear(2, 2), 0, 1, include=nn.Linear(2, 2)),
+            r"include takes module classes, such as nn\.Linear, not module instances",
+        ),
+        (
+            lambda: constrain_all(torch.jit.script(nn.Linear(2, 2)), 0, 1),
+            r"constrain_all: TorchScript modules cannot carry constraints",
+        ),
+        (
+            lambda: constrain(nn.Linear(2, 2), "weight", 0, 1, straight_through="no"),
+            r"straight_through must be True or False, got 'no'",
+        ),
+        (
+            lambda: constrain(nn.Linear(2, 2), "weight", 0, 1, parametrize=1),
+            r"parametrize must be True or False, got 1",
+        ),
+    ],
+    ids=["hard_project", "unconstrain", "named", "constrain", "instance", "script", "st", "mode"],
+)
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+def test_bad_arguments_get_a_type_error_naming_them(call: Any, message: str) -> None:
+    with pytest.raises(TypeError, match=message):
+        call()
+
+
+def test_a_sparse_parameter_is_refused_clearly() -> None:
+    module = nn.Module()
+    module.w = nn.Parameter(torch.eye(3).to_sparse())
+    with pytest.raises(TypeError, match=r"Module\.w: only dense \(strided\) tensors"):
+        constrain(module, "w", -1, 1)
