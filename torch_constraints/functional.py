@@ -234,16 +234,59 @@ def _finite(x: Tensor) -> Tensor:
     return x.clamp(-big, big)
 
 
+#: Rows are handled in blocks of about this many elements, so that a block, its float64
+#: copy and the per-row work on it stay in cache (a whole-tensor float64 copy costs a
+#: fresh allocation and a trip through memory; see ``_norm_parts``).
+_BLOCK = 1 << 16
+
+
+def _block_rows(rows: Tensor) -> int:
+    """How many rows make a block of about ``_BLOCK`` elements (at least one)."""
+    return max(1, _BLOCK // max(1, rows.shape[-1]))
+
+
+def _blocks(rows: Tensor) -> tuple[Tensor, ...]:
+    """``rows`` split into blocks of whole rows, about ``_BLOCK`` elements each."""
+    return torch.split(rows, _block_rows(rows))
+
+
+def _wide_norms(rows: Tensor) -> Tensor:
+    """Float64 L2 norms ``(rows, 1)`` of non-float64 ``rows``, ``±inf`` counted as ``±max``.
+
+    Every value of the smaller dtypes, and its square, is exact in float64, and the
+    float64 sum of squares neither overflows nor underflows. Each block is widened
+    into a small contiguous float64 copy that stays in cache (so each row is summed
+    the same way whatever its layout or block), then reduced.
+    """
+    big = torch.finfo(rows.dtype).max
+    with torch.no_grad():
+        parts = [
+            torch.linalg.vector_norm(
+                block.to(torch.float64, memory_format=torch.contiguous_format).clamp_(-big, big),
+                dim=-1,
+                keepdim=True,
+            )
+            for block in _blocks(rows)
+        ]
+        ns = torch.cat(parts) if parts else rows.new_zeros((0, 1), dtype=torch.float64)
+    if torch.is_grad_enabled() and rows.requires_grad:
+        # The same value (exact + 0), with the gradient of the differentiable norm.
+        exact = torch.linalg.vector_norm(_wide(_finite(rows)), dim=-1, keepdim=True)
+        ns = ns + (exact - exact.detach())
+    return ns
+
+
 def _norm_parts(rows: Tensor) -> tuple[Tensor, Tensor]:
     """Each row's L2 norm as ``(ns, s)``: float64 ``(rows, 1)`` with ``norm = ns / s``.
 
-    The smaller dtypes are squared and summed in float64, where nothing overflows
-    or underflows (``s = 1``). Float64 rows are first scaled by a power of two ``s``
-    that brings their largest magnitude into ``[0.5, 1)`` (exact), as BLAS ``nrm2``
-    and ``hypot`` do, then summed with compensation.
+    The smaller dtypes are squared and summed in float64 (:func:`_wide_norms`), where
+    nothing overflows or underflows (``s = 1``); ``±inf`` counts as the largest
+    finite value. Float64 rows (finite: the caller clamps them) are first scaled by
+    a power of two ``s`` that brings their largest magnitude into ``[0.5, 1)``
+    (exact), as BLAS ``nrm2`` and ``hypot`` do, then summed with compensation.
     """
     if rows.dtype != torch.float64:
-        ns = torch.linalg.vector_norm(_wide(rows), dim=-1, keepdim=True)
+        ns = _wide_norms(rows)
         return ns, torch.ones_like(ns.detach())
     with torch.no_grad():
         largest = torch.maximum(rows.amax(dim=-1, keepdim=True), -rows.amin(dim=-1, keepdim=True))
@@ -294,17 +337,33 @@ def _norm_factors(rows: Tensor, lo: float, hi: float, rate: float = 1.0) -> tupl
 
 
 def _project_norm(x: Tensor, dim: Dim, lo: float, hi: float, rate: float = 1.0) -> Tensor:
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return _project_norm_(x.clone(), dim, lo, hi, rate)
     rows, _, per_row = _rows(x, dim)
-    f1, f2 = _norm_factors(_finite(rows), lo, hi, rate)
+    rows = rows if x.dtype != torch.float64 else _finite(rows)
+    f1, f2 = _norm_factors(rows, lo, hi, rate)
     return (_finite(x) * per_row(f1) * per_row(f2)).to(x.dtype)
 
 
 def _project_norm_(x: Tensor, dim: Dim, lo: float, hi: float, rate: float = 1.0) -> Tensor:
+    """Scale each slice of ``x`` in place by its factors; ``±inf`` becomes ``±max`` first.
+
+    Non-float64 norms count ``±inf`` as ``±max`` themselves, so ``x`` is clamped
+    only while it is multiplied, block by block while each block is in cache,
+    when its rows are a view of ``x`` (a full pass over ``x`` otherwise).
+    """
     big = torch.finfo(x.dtype).max
-    x.clamp_(-big, big)  # the same values as _finite(x), without a copy
+    if x.dtype == torch.float64:
+        x.clamp_(-big, big)
     rows, _, per_row = _rows(x, dim)
     f1, f2 = _norm_factors(rows, lo, hi, rate)
-    return x.mul_(per_row(f1)).mul_(per_row(f2))
+    if rows.untyped_storage().data_ptr() != x.untyped_storage().data_ptr():
+        return x.clamp_(-big, big).mul_(per_row(f1)).mul_(per_row(f2))
+    step = _block_rows(rows)
+    blocks = zip(_blocks(rows), torch.split(f1, step), torch.split(f2, step), strict=True)
+    for block, g1, g2 in blocks:
+        block.clamp_(-big, big).mul_(g1).mul_(g2)
+    return x
 
 
 def project_l2_ball(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor:
