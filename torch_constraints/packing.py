@@ -33,16 +33,18 @@ start on 64-byte boundaries. Buffers hold at most ``MAX_BUFFER_BYTES``.
 from __future__ import annotations
 
 import functools
+import operator
 import weakref
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from . import _kernels
+from . import _kernels, _records
 from .base import Constraint
 from .projection import Group, Target, groups, targets
 
@@ -92,8 +94,7 @@ class PackedProjection:
             raise TypeError(f"PackedProjection: expected an nn.Module, got {type(module).__name__}")
         self.module = module
         self.foreach = foreach
-        self._targets: list[Target] = []
-        self._keys: list[Hashable | None] = []
+        self._snapshot = _Snapshot([])
         self._packs: list[_Pack] = []
         self._groups: list[Group] = []
         self._hooks: list[RemovableHandle] = []
@@ -115,10 +116,7 @@ class PackedProjection:
     def is_current(self) -> bool:
         """Whether packed, with every tensor in its slot and carrying the same constraints."""
         return (
-            self._packed
-            and all(pack.intact() for pack in self._packs)
-            and all(target.is_current() for target in self._targets)
-            and [target.chain_key() for target in self._targets] == self._keys
+            self._packed and all(pack.intact() for pack in self._packs) and self._snapshot.matches()
         )
 
     def repack(self) -> None:
@@ -136,7 +134,7 @@ class PackedProjection:
         with torch.inference_mode(False), torch.no_grad():
             for pack in self._packs:
                 pack.release()
-        self._targets, self._keys, self._packs, self._groups, self._hooks = [], [], [], [], []
+        self._snapshot, self._packs, self._groups, self._hooks = _Snapshot([]), [], [], []
         self._packed = False
 
     def release(self, tensor: Tensor) -> None:
@@ -153,8 +151,7 @@ class PackedProjection:
                 tensor = member.tensor
                 by_group.setdefault((tensor.device, tensor.dtype), []).append(member)
             self._packs = [_Pack(group) for group in by_group.values()]
-        self._targets = found
-        self._keys = [target.chain_key() for target in found]
+        self._snapshot = _Snapshot(found)
         self._packed = True
         self._groups = groups(loose)
         packed_buffers = frozenset(
@@ -179,6 +176,61 @@ def release(tensor: Tensor) -> None:
 
 
 # ---------------------------------------------------------------------------- internals
+class _Snapshot:
+    """What a plan was built from, compared with the model by identity and value.
+
+    The checks of :meth:`~torch_constraints.projection.Target.is_current` and of the
+    fusion keys, for every target at once: each list holds, per target, where to
+    look and what must be found there, so that most of the comparison runs as
+    ``map`` over lists rather than as Python code per tensor.
+    """
+
+    def __init__(self, found: list[Target]) -> None:
+        chained = [t for t in found if t.parametrized]
+        recorded = [t for t in found if not t.parametrized]
+        # Parametrized: owner -> its ModuleDict -> the chain -> its entries and original.
+        self.owner_modules = [t.owner.__dict__["_modules"] for t in chained]
+        chains = [t.holder() for t in chained]
+        self.chain_dicts = [c._modules for c in chains]
+        self.chain_lists = [t.owner.__dict__["_modules"]["parametrizations"] for t in chained]
+        self.chain_list_dicts = [m._modules for m in self.chain_lists]
+        self.names = [t.name for t in chained]
+        self.chains = chains
+        self.entries = [tuple(d.values()) for d in self.chain_dicts]
+        self.original_dicts = [_table_of(c, "original") for c in chains]
+        self.originals = [t.tensor for t in chained]
+        # Recorded: the records dict is replaced on every change (see _records).
+        self.owner_states = [t.owner.__dict__ for t in recorded]
+        self.records = [t.owner.__dict__.get(_records.ATTRIBUTE) for t in recorded]
+        self.tensor_dicts = [_table_of(t.owner, t.name) for t in recorded]
+        self.recorded_names = [t.name for t in recorded]
+        self.tensors = [t.tensor for t in recorded]
+        self.constraints = [c for t in found for c in t.constraints]
+        self.keys = [c.fusion_key() for c in self.constraints]
+
+    def matches(self) -> bool:
+        """Whether the model still holds every target as it was, with the same keys."""
+        return (
+            _same(map(dict.get, self.owner_modules, repeat("parametrizations")), self.chain_lists)
+            and _same(map(dict.get, self.chain_list_dicts, self.names), self.chains)
+            and list(map(tuple, map(dict.values, self.chain_dicts))) == self.entries
+            and _same(map(dict.get, self.original_dicts, repeat("original")), self.originals)
+            and _same(map(dict.get, self.owner_states, repeat(_records.ATTRIBUTE)), self.records)
+            and _same(map(dict.get, self.tensor_dicts, self.recorded_names), self.tensors)
+            and [c.fusion_key() for c in self.constraints] == self.keys
+        )
+
+
+def _same(found: Iterable[object], expected: list[Any]) -> bool:
+    """Whether ``found`` holds the very objects of ``expected``, in order."""
+    return all(map(operator.is_, found, expected))
+
+
+def _table_of(module: nn.Module, name: str) -> dict[str, Any]:
+    """The dict of ``module`` (parameters or buffers) that holds ``name``."""
+    return module._parameters if name in module._parameters else module._buffers
+
+
 @dataclass
 class _Member:
     """A tensor to pack, the constraints applied to it, and the key of its run.
