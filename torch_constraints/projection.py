@@ -97,21 +97,6 @@ class Target:
         chains = self.owner.__dict__["_modules"]["parametrizations"]
         return chains._modules[self.name]  # type: ignore[no-any-return]
 
-    def is_current(self) -> bool:
-        """Whether ``owner.<name>`` still stores this tensor, with these constraints."""
-        if not self.parametrized:
-            recorded = self.owner.__dict__.get(_records.ATTRIBUTE, {})
-            return recorded.get(self.name) == self.constraints and (
-                _records.tensor(self.owner, self.name) is self.tensor
-            )
-        chains = self.owner.__dict__["_modules"].get("parametrizations")
-        chain = chains._modules.get(self.name) if chains is not None else None
-        return (
-            chain is not None
-            and _leading_constraints(chain) == self.constraints
-            and _original(chain) is self.tensor
-        )
-
     def chain_key(self) -> Hashable | None:
         """Equal for targets whose constraints project identically now; ``None``: unique."""
         keys = []
