@@ -30,7 +30,9 @@ def _callback_base() -> tuple[Any, bool]:
         module = importlib.import_module("transformers")
     except ImportError:
         return object, False
-    return module.TrainerCallback, True
+    base = module.TrainerCallback
+    # on_optimizer_step came with transformers 4.42: an older Trainer never calls it.
+    return base, hasattr(base, "on_optimizer_step")
 
 
 _TrainerCallback: Any
@@ -65,7 +67,8 @@ class ProjectionCallback(_TrainerCallback):  # type: ignore[misc]
             ``Trainer``'s logs. Default: ``False``.
 
     Raises:
-        ImportError: if ``transformers`` is not installed.
+        ImportError: if ``transformers`` 4.42 or later (the first with
+            ``on_optimizer_step``) is not installed.
         TypeError: if ``log_saturation`` is not a bool; when training starts, if
             the ``Trainer``'s model is not an ``nn.Module``.
         ValueError: when training starts, if the model has no tensor constrained
@@ -86,7 +89,7 @@ class ProjectionCallback(_TrainerCallback):  # type: ignore[misc]
     def __init__(self, *, log_saturation: bool = False) -> None:
         if not _available:
             raise ImportError(
-                "ProjectionCallback needs transformers: "
+                "ProjectionCallback needs transformers 4.42 or later: "
                 "pip install 'torch-constraints[transformers]'"
             )
         if not isinstance(log_saturation, bool):
