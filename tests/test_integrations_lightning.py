@@ -257,10 +257,23 @@ def test_log_saturation_must_be_a_bool() -> None:
 
 
 def test_importing_the_integrations_package_loads_no_framework() -> None:
-    code = (
-        "import sys, torch_constraints.integrations\n"
-        "loaded = {'pytorch_lightning', 'lightning', 'transformers', 'accelerate'}"
-        " & set(sys.modules)\n"
-        "assert not loaded, loaded\n"
-    )
+    # One subprocess (importing torch takes seconds): the package loads no framework;
+    # without the frameworks, the submodules import and the callbacks say what to install.
+    code = """
+import sys
+import torch_constraints.integrations
+frameworks = {"pytorch_lightning", "lightning", "transformers", "accelerate"}
+loaded = frameworks & set(sys.modules)
+assert not loaded, loaded
+for name in frameworks:
+    sys.modules[name] = None  # import raises ImportError
+from torch_constraints.integrations import lightning, transformers
+for module, extra in ((lightning, "lightning"), (transformers, "transformers")):
+    try:
+        module.ProjectionCallback()
+    except ImportError as error:
+        assert f"torch-constraints[{extra}]" in str(error), error
+    else:
+        raise AssertionError("no ImportError")
+"""
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
