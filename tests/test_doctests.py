@@ -30,7 +30,10 @@ PAGES_WITH_EXAMPLES = {
     "concepts.md",
     "migrating-from-weightclipper.md",
     "tutorial-wgan.md",
+    "frameworks.md",
 }
+#: Pages that need optional frameworks: skipped where one of them is not installed.
+PAGE_REQUIRES = {"frameworks.md": ("pytorch_lightning", "transformers", "accelerate")}
 OPTIONS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 PYTHON = {"python", "py", "pycon", "python3"}
 
@@ -95,6 +98,8 @@ def test_docstring_examples_exist() -> None:
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_page_examples(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for framework in PAGE_REQUIRES.get(page.name, ()):
+        pytest.importorskip(framework)
     monkeypatch.chdir(tmp_path)  # pages may write files (the tutorial's figure)
     result = run_page(page)
     assert result.failed == 0, f"{result.failed} example(s) of {page.name} failed (see stdout)"

@@ -1,0 +1,188 @@
+"""The Hugging Face ``Trainer`` callback: the same weights as a hand-written loop.
+
+A real ``transformers.Trainer`` on the CPU, a few steps of a model of about a
+hundred parameters. The hand loop is what the ``Trainer`` runs with these
+arguments: ``torch.optim.AdamW`` at a constant learning rate, no gradient
+clipping, no weight decay, the batches in order, the loss divided by the number
+of accumulated batches.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from torch_constraints import Box, constrain_all, hard_project, named_constraints, saturation
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+
+from torch_constraints.integrations.transformers import ProjectionCallback  # noqa: E402
+
+LR = 0.05
+BOUND = 0.2
+
+
+class CountingBox(Box):
+    """A box that counts its projections (a real constraint: the generic path calls project)."""
+
+    def __init__(self, min: float, max: float) -> None:
+        super().__init__(min, max)
+        self.calls = 0
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return super().project(x)
+
+
+def projections(model: nn.Module) -> int:
+    constraints = [c for _, c in named_constraints(model) if isinstance(c, CountingBox)]
+    return sum(c.calls for c in constraints) // len(constraints)
+
+
+class Regressor(nn.Module):
+    """A plain module with the ``Trainer``'s interface: keyword inputs, a ``loss`` output."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self.net(x)
+        return {"loss": nn.functional.mse_loss(out, labels), "logits": out}
+
+
+def dataset(n: int = 8) -> list[dict[str, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 4, generator=generator)
+    y = 3 * torch.randn(n, 1, generator=generator)  # large targets: weights hit the bounds
+    return [{"x": x[i], "labels": y[i]} for i in range(n)]
+
+
+def arguments(out: Path, max_steps: int, **kwargs: Any) -> Any:
+    options: dict[str, Any] = {
+        "output_dir": str(out),
+        "max_steps": max_steps,
+        "per_device_train_batch_size": 2,
+        "learning_rate": LR,
+        "lr_scheduler_type": "constant",
+        "warmup_steps": 0,
+        "weight_decay": 0.0,
+        "max_grad_norm": 0.0,  # no clipping
+        "optim": "adamw_torch",
+        "train_sampling_strategy": "sequential",
+        "report_to": [],
+        "use_cpu": True,
+        "save_strategy": "no",
+        "disable_tqdm": True,
+        "logging_steps": 1,
+    }
+    return transformers.TrainingArguments(**{**options, **kwargs})
+
+
+def train(model: nn.Module, args: Any, callbacks: list[Any], **kwargs: Any) -> Any:
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=dataset(), callbacks=callbacks
+    )
+    trainer.train(**kwargs)
+    return trainer
+
+
+def hand_loop(model: Regressor, steps: int, accumulate: int = 1) -> None:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
+    data = dataset()
+    for i in range(steps * accumulate):
+        batch = data[2 * (i % 4) : 2 * (i % 4) + 2]
+        x = torch.stack([b["x"] for b in batch])
+        y = torch.stack([b["labels"] for b in batch])
+        (model(x, y)["loss"] / accumulate).backward()
+        if (i + 1) % accumulate == 0:
+            optimizer.step()
+            hard_project(model)
+            optimizer.zero_grad()
+
+
+def assert_same(a: nn.Module, b: nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
+def feasible(model: nn.Module) -> bool:
+    return all(bool(p.abs().max() <= BOUND) for p in model.parameters())
+
+
+@pytest.mark.parametrize("parametrize", [False, True], ids=["plain", "parametrized"])
+def test_training_matches_the_hand_loop(parametrize: bool, tmp_path: Path) -> None:
+    model = Regressor()
+    constrain_all(model, -BOUND, BOUND, parametrize=parametrize)
+    reference = copy.deepcopy(model)
+    train(model, arguments(tmp_path, 4), [ProjectionCallback()])
+    hand_loop(reference, 4)
+    assert_same(model, reference)
+    assert feasible(model)
+
+
+def test_without_the_callback_the_weights_leave_the_set(tmp_path: Path) -> None:
+    model = Regressor()
+    constrain_all(model, -BOUND, BOUND, parametrize=False)
+    train(model, arguments(tmp_path, 4), [])
+    assert not feasible(model)
+
+
+def test_gradient_accumulation_projects_after_real_steps_only(tmp_path: Path) -> None:
+    model = Regressor()
+    constrain_all(model, CountingBox(-BOUND, BOUND), parametrize=False)
+    reference = copy.deepcopy(model)
+    before = projections(model)
+    train(model, arguments(tmp_path, 2, gradient_accumulation_steps=2), [ProjectionCallback()])
+    assert projections(model) - before == 2  # 4 batches, 2 optimizer steps
+    hand_loop(reference, 2, accumulate=2)
+    assert_same(model, reference)
+
+
+@pytest.mark.parametrize("parametrize", [False, True], ids=["plain", "parametrized"])
+def test_resuming_from_a_checkpoint_continues_exactly(parametrize: bool, tmp_path: Path) -> None:
+    def constrained(seed: int = 0) -> Regressor:
+        model = Regressor(seed)
+        constrain_all(model, -BOUND, BOUND, parametrize=parametrize)
+        return model
+
+    straight = constrained()
+    train(straight, arguments(tmp_path / "straight", 4), [ProjectionCallback()])
+
+    saving = arguments(tmp_path / "run", 4, save_strategy="steps", save_steps=2)
+    train(constrained(), saving, [ProjectionCallback()])
+    resumed = constrained(seed=5)  # other initial values: all come from the checkpoint
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    train(resumed, saving, [ProjectionCallback()], resume_from_checkpoint=str(checkpoint))
+    assert_same(resumed, straight)
+
+
+def test_log_saturation_adds_to_the_logs_and_the_history(tmp_path: Path) -> None:
+    model = Regressor()
+    constrain_all(model, -BOUND, BOUND, parametrize=False)
+    trainer = train(model, arguments(tmp_path, 3), [ProjectionCallback(log_saturation=True)])
+    last_step = [entry for entry in trainer.state.log_history if "loss" in entry][-1]
+    expected = {f"saturation/{k}": v for k, v in saturation(model).items()}
+    names = ["net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias"]
+    assert list(expected) == [f"saturation/{name}" for name in names]
+    assert {k: last_step[k] for k in expected} == pytest.approx(expected)
+    assert last_step["step"] == 3
+
+
+def test_a_model_without_constraints_fails_when_training_starts(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no tensor constrained"):
+        train(Regressor(), arguments(tmp_path, 1), [ProjectionCallback()])
+
+
+def test_log_saturation_must_be_a_bool() -> None:
+    with pytest.raises(TypeError, match="log_saturation must be a bool, got 1"):
+        ProjectionCallback(log_saturation=1)  # type: ignore[arg-type]
