@@ -386,3 +386,15 @@ def test_every_path_agrees() -> None:
         results.append(raws(zoo))
     for other in results[1:]:
         assert all(torch.equal(other[n], results[0][n]) for n in results[0])
+
+
+def test_a_module_shared_under_two_names_is_projected_once() -> None:
+    # MinMaxNorm with rate < 1 moves a norm part of the way per projection.
+    shared = constrain(nn.Linear(4, 4), "weight", MinMaxNorm(1.0, 2.0, rate=0.5))
+    model = nn.ModuleDict({"a": shared, "b": shared})
+    with torch.no_grad():
+        raw(shared).fill_(2.0)  # each row's norm is 4
+    expected = torch.full((4, 4), 2.0)
+    MinMaxNorm(1.0, 2.0, rate=0.5).project_(expected)
+    hard_project(model)
+    assert torch.equal(raw(shared).detach(), expected)

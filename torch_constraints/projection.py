@@ -111,9 +111,13 @@ class Target:
 def targets(module: nn.Module) -> list[Target]:
     """Every raw tensor constrained in ``module``'s tree, with its constraints, read now."""
     found: list[Target] = []
+    seen: set[int] = set()  # a module reachable under several names is read once
     stack = [module]
     while stack:
         owner = stack.pop()
+        if id(owner) in seen:
+            continue
+        seen.add(id(owner))
         state = owner.__dict__
         children = state["_modules"]
         recorded = state.get(_records.ATTRIBUTE)
