@@ -1,4 +1,4 @@
-"""``python -m torch_constraints.demo``: a few steps end to end, determinism, missing extras."""
+"""``python -m torch_constraints.demo``: both critics end to end, determinism, missing extras."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 from matplotlib import image
 
-from torch_constraints import demo
+from torch_constraints import SpectralBall, constrain_all, demo, named_constraints
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FAST = ["--steps", "4", "--hidden", "16", "--batch-size", "64", "--no-progress"]
@@ -22,8 +22,36 @@ FAST = ["--steps", "4", "--hidden", "16", "--batch-size", "64", "--no-progress"]
 def run_demo(capsys: pytest.CaptureFixture[str], out: Path, *args: str) -> dict[str, str]:
     """Run the demo in-process; return the summary lines as ``{label: value}``."""
     assert demo.main([*FAST, "--out", str(out), *args]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    return dict(re.match(r"([a-z ]+):\s+(.*)", line).groups() for line in lines)  # type: ignore[union-attr]
+    summary = {}
+    for line in capsys.readouterr().out.strip().splitlines():
+        match = re.fullmatch(r"([a-z ]+):\s+(.*)", line)
+        assert match, f"not a 'label: value' line: {line!r}"
+        summary[match[1]] = match[2]
+    return summary
+
+
+def run_compare(capsys: pytest.CaptureFixture[str], out: Path, *args: str) -> dict[str, list[str]]:
+    """Run ``--compare``; return ``{label: [clip column, spectral column]}`` (one cell for
+    the lines about both runs)."""
+    summary = run_demo(capsys, out, "--compare", *args)
+    return {label: re.split(r"\s{2,}", value) for label, value in summary.items()}
+
+
+def check_figure(out: Path, rows: int) -> None:
+    assert out.read_bytes().startswith(PNG_SIGNATURE)
+    pixels = image.imread(out)
+    assert pixels.shape[:2] == (460 * rows, 1500)  # figsize (15, 4.6 per row) at 100 dpi
+    assert float(pixels[..., :3].std()) > 0.05  # drawn on, not blank
+
+
+def linear_weights(critic: torch.nn.Module) -> list[torch.Tensor]:
+    return [m.weight.detach() for m in critic.modules() if isinstance(m, torch.nn.Linear)]
+
+
+#: The certified bound of a weight projected onto the spectral ball exceeds the radius
+#: by the float32 SVD's rounding (1e-6) and the certificate's own slack (the Gram
+#: iteration with many singular values at the radius, about 1e-3 per layer).
+CERTIFICATE_SLACK = 1e-2
 
 
 def test_writes_a_valid_figure_and_a_sane_summary(
@@ -31,12 +59,17 @@ def test_writes_a_valid_figure_and_a_sane_summary(
 ) -> None:
     out = tmp_path / "figures" / "demo.png"
     summary = run_demo(capsys, out)
+    check_figure(out, rows=1)
 
-    assert out.read_bytes().startswith(PNG_SIGNATURE)
-    pixels = image.imread(out)
-    assert pixels.shape[:2] == (460, 1500)  # figsize (15, 4.6) at 100 dpi
-    assert float(pixels[..., :3].std()) > 0.05  # drawn on, not blank
-
+    # The clip run (the default) prints the lines it always printed, in order.
+    assert list(summary) == [
+        "figure",
+        "steps",
+        "critic loss",
+        "at the bounds",
+        "modes covered",
+        "time",
+    ]
     assert summary["figure"] == str(out)
     assert summary["steps"] == "4 generator steps x 5 critic steps"
     critic_loss = float(summary["critic loss"].split()[0])
@@ -79,11 +112,121 @@ def test_training_keeps_every_raw_critic_parameter_in_range() -> None:
     assert len(history.critic_loss) == len(history.generator_loss) == 5
     for parameter in critic.parameters():
         assert parameter.abs().max() <= 0.02
-    assert demo.at_bounds_fraction(critic, 0.02) > 0
+    assert demo.at_bounds_fraction(critic) > 0
+
+
+def test_at_bounds_fraction_pools_saturation_by_size() -> None:
+    first, second = torch.nn.Linear(10, 10), torch.nn.Linear(10, 1)
+    with torch.no_grad():
+        first.weight.fill_(0.0)  # 100 entries, none at a bound
+        first.bias.fill_(1.0)  # 10 entries, all at the upper bound after clipping
+        second.weight.fill_(-1.0)  # 10 entries, all at the lower bound
+        second.bias.fill_(0.0)  # 1 entry, inside
+    critic = torch.nn.Sequential(first, second)
+    constrain_all(critic, -0.5, 0.5)
+    assert demo.at_bounds_fraction(critic) == pytest.approx(20 / 121)
+    # Only box-constrained tensors count: a box on the first layer alone.
+    other = torch.nn.Sequential(torch.nn.Linear(10, 10), torch.nn.Linear(10, 1))
+    constrain_all(other, 2.0, 3.0, include=lambda qualname, module, name: qualname == "0.weight")
+    assert demo.at_bounds_fraction(other) == 1.0
+
+
+def test_spectral_training_keeps_every_weight_in_the_ball() -> None:
+    radius = 0.5
+    config = demo.Config(
+        steps=5, hidden=16, batch_size=32, lr=1e-2, critic="spectral", radius=radius
+    )
+    _, critic, history = demo.train(config)
+    assert len(history.critic_loss) == len(history.generator_loss) == 5
+    # Every weight, and nothing else, carries a SpectralBall of the radius.
+    constraints = dict(named_constraints(critic))
+    assert list(constraints) == ["0.weight", "2.weight", "4.weight", "6.weight"]
+    assert all(isinstance(c, SpectralBall) and c.radius == radius for c in constraints.values())
+    # The raw weights the optimizer updates are inside (the module is not
+    # parametrized: its weights are the raw tensors), and the ball is active.
+    norms = [float(torch.linalg.matrix_norm(w.double(), ord=2)) for w in linear_weights(critic)]
+    assert max(norms) <= radius * (1 + 1e-5)
+    assert max(norms) >= radius * (1 - 1e-3)
+    # The certified bound on the critic's Lipschitz constant: at most radius ** 4.
+    bound = demo.lipschitz_bound(critic)
+    assert math.prod(norms) <= bound <= radius**4 * (1 + CERTIFICATE_SLACK)
+    assert demo.at_bounds_fraction(critic) == 0.0  # no box anywhere
+
+
+def test_unknown_critic_is_an_error() -> None:
+    with pytest.raises(ValueError, match="critic must be one of"):
+        demo.train(demo.Config(steps=1, critic="gradient-penalty"))
+
+
+def test_spectral_run_writes_a_figure_and_a_certified_bound(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "spectral.png"
+    summary = run_demo(capsys, out, "--critic", "spectral", "--radius", "0.8")
+    check_figure(out, rows=1)
+    assert list(summary) == [
+        "figure",
+        "steps",
+        "critic loss",
+        "lipschitz bound",
+        "modes covered",
+        "time",
+    ]
+    bound, explanation = summary["lipschitz bound"].split(" ", 1)
+    assert 0 < float(bound) <= 0.8**4 * (1 + CERTIFICATE_SLACK)
+    assert explanation == "(certified: the product of the 4 weights' spectral norms, each ≤ 0.8)"
+    assert math.isfinite(float(summary["critic loss"].split()[0]))
+    assert re.fullmatch(r"\d of 8", summary["modes covered"])
+
+
+def test_compare_trains_both_critics(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "compare.png"
+    table = run_compare(capsys, out, "--seed", "3")
+    check_figure(out, rows=2)
+    assert list(table) == [
+        "figure",
+        "steps",
+        "critic",
+        "critic loss",
+        "at the bounds",
+        "lipschitz bound",
+        "modes covered",
+        "time",
+        "note",
+    ]
+    assert table["figure"] == [str(out)]
+    assert table["critic"] == ["clip ±0.01", "spectral ≤ 1"]
+    clip_bound, spectral_bound = map(float, table["lipschitz bound"])
+    # Entries in [-c, c] bound a weight's spectral norm by c * sqrt(its size) (the
+    # Frobenius norm), which the certified bound does not exceed.
+    sizes = [16 * 2, 16 * 16, 16 * 16, 1 * 16]
+    assert 0 < clip_bound <= math.prod(0.01 * math.sqrt(n) for n in sizes) * (1 + 1e-3)
+    assert 0 < spectral_bound <= 1 + CERTIFICATE_SLACK
+    assert table["at the bounds"][1] == "no box"
+    for cell in table["modes covered"]:
+        assert re.fullmatch(r"\d of 8", cell)
+    assert all(cell.endswith(" s") for cell in table["time"]) and len(table["time"]) == 2
+    assert "certified" in table["note"][0]
+
+    # The clip column is the clip run, unchanged: the same numbers as `--critic clip`.
+    single = run_demo(capsys, tmp_path / "clip.png", "--seed", "3")
+    assert table["critic loss"][0] == single["critic loss"].split()[0]
+    assert table["at the bounds"][0] == single["at the bounds"].split()[0]
+    assert table["modes covered"][0] == single["modes covered"]
+    assert float(table["lipschitz bound"][0]) > 0
 
 
 @pytest.mark.parametrize(
-    "argument", [["--steps", "0"], ["--clip", "-1"], ["--lr", "x"], ["--device", "no-such-device"]]
+    "argument",
+    [
+        ["--steps", "0"],
+        ["--clip", "-1"],
+        ["--radius", "0"],
+        ["--critic", "gradient-penalty"],
+        ["--compare", "--critic", "spectral"],  # --compare trains both
+        ["--lr", "x"],
+        ["--device", "no-such-device"],
+    ],
 )
 def test_rejects_bad_arguments(argument: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as raised:

@@ -1,18 +1,25 @@
-"""Demo: ``python -m torch_constraints.demo`` trains a weight-clipped WGAN on the CPU.
+"""Demo: ``python -m torch_constraints.demo`` trains a WGAN on the CPU, its critic constrained.
 
-The data are a synthetic mixture of 8 Gaussians on a circle (no download). The
-critic is clipped the way Arjovsky et al. (2017) clip it, every parameter to
-``[-c, c]`` after each optimizer step, but with this library:
+The data are a synthetic mixture of 8 Gaussians on a circle (no download). By
+default (``--critic clip``) the critic is clipped the way Arjovsky et al. (2017)
+clip it, every parameter to ``[-c, c]`` after each optimizer step, but with this
+library:
 
 .. code-block:: python
 
     constrain_all(critic, -clip, clip)           # the forward pass sees clipped weights
     project_after_step(critic_optimizer, critic)  # the raw weights are clipped after each step
 
+``--critic spectral`` instead keeps the spectral norm of every critic weight at
+most ``radius`` (:class:`~torch_constraints.SpectralBall`, projected after each
+step only), so the critic is certified ``radius ** 4``-Lipschitz (its
+activations are 1-Lipschitz); ``--compare`` trains both and draws them side by
+side.
+
 Training follows the paper's recipe: RMSprop, ``n_critic`` critic steps per
 generator step, ``c = 0.01``. At the end the demo writes a PNG (real and generated
-samples over the critic's landscape, the histogram of the critic's weights with
-the clip range marked, the loss curves) and prints a summary.
+samples over the critic's landscape, the critic's weights or singular values
+against their bound, the loss curves) and prints a summary.
 
 The training itself (:func:`train`) needs torch only; the command line adds a
 progress bar (tqdm) and the figure (matplotlib), the ``demo`` extra.
@@ -26,7 +33,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +43,8 @@ from torch import Tensor, nn
 
 from .functional import box_bounds
 from .hooks import project_after_step
+from .matrix import SpectralBall, spectral_norm_bound
+from .monitoring import saturation
 from .registration import constrain_all
 
 if TYPE_CHECKING:
@@ -46,6 +55,7 @@ __all__ = [
     "History",
     "Summary",
     "at_bounds_fraction",
+    "lipschitz_bound",
     "main",
     "mode_coverage",
     "sample_mixture",
@@ -58,6 +68,10 @@ DEMO_DEPENDENCIES = ("matplotlib", "tqdm")
 #: Geometry of the data: 8 Gaussians of standard deviation ``STD`` on a circle.
 MODES, RADIUS, STD = 8, 2.0, 0.05
 
+#: The critics :func:`train` knows: ``"clip"`` (weight clipping) and ``"spectral"``
+#: (a spectral-norm ball on every weight).
+CRITICS = ("clip", "spectral")
+
 
 @dataclass(frozen=True)
 class Config:
@@ -66,6 +80,9 @@ class Config:
     ``clip``, ``n_critic`` and RMSprop are the original WGAN recipe. The learning
     rate (four times the paper's 5e-5), the width and the number of steps are tuned
     so that the default run covers the 8 modes in about a minute on one CPU core.
+    ``critic`` chooses the constraint (``"clip"`` or ``"spectral"``): ``clip`` applies
+    to the ``"clip"`` critic, ``radius`` (the bound on each weight's spectral norm)
+    to the ``"spectral"`` one.
     """
 
     steps: int = 5000
@@ -77,6 +94,8 @@ class Config:
     noise_dim: int = 2
     seed: int = 0
     device: str = "cpu"
+    critic: str = "clip"
+    radius: float = 1.0
 
 
 @dataclass
@@ -89,13 +108,21 @@ class History:
 
 @dataclass(frozen=True)
 class Summary:
-    """What the demo prints at the end."""
+    """What the demo prints at the end.
+
+    ``at_bounds`` is :func:`at_bounds_fraction` of the critic, ``None`` for a critic
+    without box constraints (the spectral one); ``lipschitz_bound`` is the
+    critic's certified Lipschitz bound (``lipschitz_bound(critic)``); ``critic``
+    is ``config.critic``.
+    """
 
     steps: int
     critic_loss: float
-    at_bounds: float
+    at_bounds: float | None
     modes_covered: int
     seconds: float
+    critic: str = "clip"
+    lipschitz_bound: float = math.nan
 
 
 def sample_mixture(n: int, *, generator: torch.Generator, device: str | torch.device) -> Tensor:
@@ -138,13 +165,14 @@ def mode_coverage(samples: Tensor, *, min_share: float = 0.25, within: float = 4
     return int((counts >= min_share * len(samples) / MODES).sum())
 
 
-def at_bounds_fraction(module: nn.Module, clip: float) -> float:
-    r"""Return the fraction of ``module``'s parameters that sit exactly on ``-clip`` or ``clip``.
+def at_bounds_fraction(module: nn.Module) -> float:
+    r"""Return the share of ``module``'s box-constrained entries that sit on a bound.
 
-    The comparison uses the bounds the library applies in each tensor's dtype
-    (:func:`~torch_constraints.functional.box_bounds`): they are rounded inward, so
-    in float32 the bound 0.01 is 0.0099999998, and comparing with 0.01 would
-    find no weight at the bound.
+    Pools :func:`~torch_constraints.saturation` (one share per box-constrained
+    tensor) over the tensors, weighted by their sizes. The bounds are those
+    registered, in each tensor's dtype: rounded inward, so in float32 the bound
+    0.01 is 0.0099999998, and comparing with 0.01 would find no weight at the
+    bound. Returns 0.0 when no tensor carries a box (the spectral critic).
 
     Example:
         A ``Linear(100, 100)`` starts uniform in :math:`\pm 0.1`; clipping it to
@@ -157,22 +185,60 @@ def at_bounds_fraction(module: nn.Module, clip: float) -> float:
         >>> _ = torch.manual_seed(0)
         >>> layer = nn.Linear(100, 100)
         >>> _ = constrain_all(layer, -0.01, 0.01)
-        >>> round(at_bounds_fraction(layer, 0.01), 2)
+        >>> round(at_bounds_fraction(layer), 2)
         0.9
-        >>> at_bounds_fraction(layer, 0.02)  # nothing sits on bounds that were not applied
+        >>> at_bounds_fraction(nn.Linear(100, 100))  # nothing constrained, nothing on a bound
         0.0
     """
-    at_bound = total = 0
-    for parameter in module.parameters():
-        lo, hi = box_bounds(parameter, -clip, clip)
-        values = parameter.detach()
-        on_bound = torch.zeros_like(values, dtype=torch.bool)
-        for bound in (lo, hi):
-            if bound is not None:
-                on_bound |= values == bound
-        at_bound += int(on_bound.sum())
-        total += values.numel()
-    return at_bound / total if total else 0.0
+    shares = saturation(module)
+    sizes = {name: _numel(module, name) for name in shares}
+    total = sum(sizes.values())
+    return sum(shares[name] * size for name, size in sizes.items()) / total if total else 0.0
+
+
+def lipschitz_bound(critic: nn.Module, *, iterations: int = 16) -> float:
+    r"""Return a certified upper bound on the Lipschitz constant of an MLP ``critic``.
+
+    The product, over the ``nn.Linear`` layers of ``critic`` in order, of
+    :func:`~torch_constraints.spectral_norm_bound` of each weight (as the forward
+    pass sees it): a bound on the critic's Lipschitz constant in the Euclidean
+    norm when the rest of the network is 1-Lipschitz, as the demo's leaky ReLUs
+    are (biases do not count). Each factor is an upper bound on the exact
+    :math:`\sigma_{\max}` of the stored float32 weight, rounding included.
+
+    After a projection onto a :class:`~torch_constraints.SpectralBall` many
+    singular values sit at the radius, where the Gram iteration needs many
+    squarings to be tight: 16 leave a slack of about 1e-3 per 128x128 layer
+    (float32 rounding), where 4 leave several percent.
+
+    Args:
+        critic: the module; its ``nn.Linear`` layers are taken in
+            ``critic.modules()`` order.
+        iterations: Gram iterations of each bound. Default: ``16``.
+
+    Raises:
+        ValueError: if ``critic`` has no ``nn.Linear`` layer.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from torch_constraints.demo import lipschitz_bound
+        >>> critic = nn.Sequential(nn.Linear(2, 2, bias=False), nn.ReLU(), nn.Linear(2, 1))
+        >>> with torch.no_grad():
+        ...     _ = critic[0].weight.copy_(torch.diag(torch.tensor([3.0, 0.5])))
+        ...     _ = critic[2].weight.copy_(torch.tensor([[0.0, 2.0]]))
+        >>> bound = lipschitz_bound(critic)  # 3 * 2, certified: never below
+        >>> bool(6.0 <= bound < 6.0 * 1.001)
+        True
+    """
+    bound = 1.0
+    layers = [layer for layer in critic.modules() if isinstance(layer, nn.Linear)]
+    if not layers:
+        raise ValueError(f"lipschitz_bound: {type(critic).__name__} has no nn.Linear layer")
+    with torch.no_grad():
+        for layer in layers:
+            bound *= float(spectral_norm_bound(layer.weight, iterations=iterations))
+    return bound
 
 
 def train(
@@ -180,14 +246,22 @@ def train(
 ) -> tuple[nn.Module, nn.Module, History]:
     """Train the WGAN; return ``(generator, critic, history)``.
 
-    Needs torch only. The critic's parameters are all constrained to
-    ``[-clip, clip]`` and projected after every RMSprop step. Deterministic on the
-    CPU for a given ``config.seed``.
+    Needs torch only. With ``config.critic == "clip"`` the critic's parameters
+    are all constrained to ``[-clip, clip]`` (a parametrization, so the forward
+    pass sees clipped values too); with ``"spectral"`` every critic weight is kept
+    in a :class:`~torch_constraints.SpectralBall` of ``config.radius``
+    (``parametrize=False``: the forward pass is the plain one, an SVD in it would
+    cost more than the step) and the biases are free. Either way the raw
+    parameters are projected after every RMSprop step. Deterministic on the CPU
+    for a given ``config.seed``; both critics start from the same initial weights.
 
     Args:
         config: the hyperparameters.
         on_step: called after every generator step with the step index (from 0)
             and the history so far (the command line updates its progress bar).
+
+    Raises:
+        ValueError: if ``config.critic`` is not ``"clip"`` or ``"spectral"``.
 
     Example:
         >>> from torch_constraints import named_constraints
@@ -197,15 +271,23 @@ def train(
         (3, 8)
         >>> all(bool(p.abs().max() <= 0.01) for p in critic.parameters())
         True
+        >>> _, critic, _ = train(Config(steps=3, hidden=8, critic="spectral"))
+        >>> [name for name, _ in named_constraints(critic)]
+        ['0.weight', '2.weight', '4.weight', '6.weight']
     """
+    if config.critic not in CRITICS:
+        raise ValueError(f"Config.critic must be one of {CRITICS}, got {config.critic!r}")
     device = torch.device(config.device)
     torch.manual_seed(config.seed)
     generator = _mlp(config.noise_dim, config.hidden, 2, nn.ReLU).to(device)
     # A leaky critic: with weights as small as 0.01, a ReLU critic can lose every
     # active unit and stop giving the generator any gradient.
     critic = _mlp(2, config.hidden, 1, partial(nn.LeakyReLU, 0.05)).to(device)
-    # The library part: clip every critic parameter, in the forward pass and after each step.
-    constrain_all(critic, -config.clip, config.clip)
+    # The library part: constrain the critic, and project it after each step.
+    if config.critic == "clip":  # every parameter in [-clip, clip], in the forward pass too
+        constrain_all(critic, -config.clip, config.clip)
+    else:  # every weight's spectral norm <= radius; the biases are free
+        constrain_all(critic, SpectralBall(config.radius), include={"weight"}, parametrize=False)
     critic_optimizer = torch.optim.RMSprop(critic.parameters(), lr=config.lr)
     project_after_step(critic_optimizer, critic)
     generator_optimizer = torch.optim.RMSprop(generator.parameters(), lr=config.lr)
@@ -223,7 +305,7 @@ def train(
             critic_loss = f_fake.mean() - f_real.mean()
             critic_optimizer.zero_grad(set_to_none=True)
             critic_loss.backward()
-            critic_optimizer.step()  # project_after_step clips the critic here
+            critic_optimizer.step()  # project_after_step projects the critic here
         generator_loss = -critic(generator(_noise(config, rng, device))).mean()
         generator_optimizer.zero_grad(set_to_none=True)
         generator_loss.backward()
@@ -237,7 +319,8 @@ def train(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo from the command line; return the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     modules = _import_demo_dependencies()
     if modules is None:
         return 1
@@ -245,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         torch.empty(0, device=args.device)
     except (RuntimeError, AssertionError) as error:  # unknown or unavailable device
-        _parser().error(f"--device {args.device}: {error}")
+        parser.error(f"--device {args.device}: {error}")
     config = Config(
         steps=args.steps,
         clip=args.clip,
@@ -255,20 +338,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         hidden=args.hidden,
         seed=args.seed,
         device=args.device,
+        critic=args.critic,
+        radius=args.radius,
     )
+    configs = [replace(config, critic=critic) for critic in CRITICS] if args.compare else [config]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)  # fails before training, not after
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    start = time.perf_counter()
     try:
-        summary, out = _run(config, args, tqdm)
+        runs = [_run(run_config, args, tqdm) for run_config in configs]
+        _figure(runs).savefig(out, dpi=100)
     finally:
         torch.set_num_threads(threads)
-    print(_report(summary, config, out))
+    if len(runs) == 1:  # one run's time includes its figure
+        runs = [replace(runs[0], summary=replace(runs[0].summary, seconds=_since(start)))]
+    print(_report(runs, out))
     return 0
 
 
-def _run(config: Config, args: argparse.Namespace, tqdm: Any) -> tuple[Summary, Path]:
-    """Train with a progress bar, write the figure; return the summary and the figure's path."""
-    bar = tqdm.tqdm(total=config.steps, desc="WGAN", unit="step", disable=args.no_progress)
+@dataclass(frozen=True)
+class _Run:
+    """One trained WGAN, with what the figure and the report need."""
+
+    config: Config
+    critic: nn.Module
+    history: History
+    samples: Tensor
+    summary: Summary
+
+
+def _run(config: Config, args: argparse.Namespace, tqdm: Any) -> _Run:
+    """Train with a progress bar and evaluate the result (timed, without the figure)."""
+    bar = tqdm.tqdm(
+        total=config.steps, desc=f"WGAN {config.critic}", unit="step", disable=args.no_progress
+    )
 
     def on_step(step: int, history: History) -> None:
         bar.update(1)
@@ -284,20 +389,31 @@ def _run(config: Config, args: argparse.Namespace, tqdm: Any) -> tuple[Summary, 
     bar.close()
 
     samples = _generate(generator, config, 2000)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _figure(config, critic, history, samples).savefig(out, dpi=100)
     summary = Summary(
         steps=config.steps,
         critic_loss=history.critic_loss[-1],
-        at_bounds=at_bounds_fraction(critic, config.clip),
+        at_bounds=at_bounds_fraction(critic) if config.critic == "clip" else None,
         modes_covered=mode_coverage(samples),
-        seconds=time.perf_counter() - start,
+        seconds=_since(start),
+        critic=config.critic,
+        lipschitz_bound=lipschitz_bound(critic),
     )
-    return summary, out
+    return _Run(config, critic, history, samples, summary)
 
 
 # ----------------------------------------------------------------------------- helpers
+def _since(start: float) -> float:
+    return time.perf_counter() - start
+
+
+def _numel(module: nn.Module, qualname: str) -> int:
+    """Number of entries of the tensor ``qualname`` (``"0.weight"``) of ``module``."""
+    owner, _, name = qualname.rpartition(".")
+    with torch.no_grad():
+        tensor = getattr(module.get_submodule(owner), name)
+    return int(tensor.numel())
+
+
 def _centres(device: str | torch.device) -> Tensor:
     angles = torch.arange(MODES, dtype=torch.float32) * (2 * math.pi / MODES)
     return (RADIUS * torch.stack([angles.cos(), angles.sin()], dim=1)).to(device)
@@ -350,48 +466,98 @@ def _import_demo_dependencies() -> tuple[Any, Any] | None:
     return modules[0], modules[1]
 
 
-def _figure(config: Config, critic: nn.Module, history: History, samples: Tensor) -> Figure:
-    """Draw the samples over the critic's landscape, the critic's weights and the losses."""
+def _figure(runs: Sequence[_Run]) -> Figure:
+    """One row per run: samples over the critic's landscape, the constraint, the losses."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(15, 4.6), layout="constrained")
-    scatter, weights, losses = figure.subplots(1, 3)
+    figure = Figure(figsize=(15, 4.6 * len(runs)), layout="constrained")
+    rows = figure.subplots(len(runs), 3, squeeze=False)
+    for run, (scatter, constraint, losses) in zip(runs, rows, strict=True):
+        # One run: the titles of the original figure; several: each row says whose it is.
+        prefix = f"{run.config.critic} critic: " if len(runs) > 1 else ""
+        _draw_samples(figure, scatter, run)
+        if run.config.critic == "clip":
+            _draw_weights(constraint, run)
+        else:
+            _draw_singular_values(constraint, run)
+        _draw_losses(losses, run)
+        if prefix:
+            summary = run.summary
+            scatter.set_title(f"{prefix}samples ({summary.modes_covered} of {MODES} modes)")
+            title = constraint.get_title().removeprefix("Critic ")
+            constraint.set_title(
+                f"{prefix}{title}\ncertified Lipschitz bound {summary.lipschitz_bound:.4g}"
+            )
+            losses.set_title(f"{prefix}losses")
+    return figure
 
-    # Samples over the critic's landscape.
+
+def _draw_samples(figure: Figure, scatter: Any, run: _Run) -> None:
+    """Real and generated samples over the critic's landscape."""
     lim = RADIUS + 1.0
     grid = torch.linspace(-lim, lim, 121)
     xx, yy = torch.meshgrid(grid, grid, indexing="xy")
-    device = next(critic.parameters()).device
+    device = next(run.critic.parameters()).device
     with torch.no_grad():
         points = torch.stack([xx.flatten(), yy.flatten()], dim=1).to(device)
-        landscape = critic(points).reshape(xx.shape).cpu()
+        landscape = run.critic(points).reshape(xx.shape).cpu()
     contour = scatter.contourf(xx.numpy(), yy.numpy(), landscape.numpy(), levels=20, cmap="Greys")
     figure.colorbar(contour, ax=scatter, label="critic value")
+    samples = run.samples
     real = sample_mixture(
-        len(samples), generator=torch.Generator().manual_seed(config.seed + 2), device="cpu"
+        len(samples), generator=torch.Generator().manual_seed(run.config.seed + 2), device="cpu"
     )
     scatter.scatter(real[:, 0], real[:, 1], s=4, alpha=0.5, c="tab:blue", label="real")
     scatter.scatter(samples[:, 0], samples[:, 1], s=4, alpha=0.5, c="tab:orange", label="generated")
     scatter.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", title="Samples")
     scatter.legend(loc="upper right", markerscale=3)
 
-    # Critic weights against the clip range the library applies (float32-rounded).
-    values = torch.cat([p.detach().flatten().cpu() for p in critic.parameters()])
-    lo, hi = box_bounds(values, -config.clip, config.clip)
+
+def _draw_weights(weights: Any, run: _Run) -> None:
+    """The clipped critic's parameters against the clip range the library applies."""
+    clip = run.config.clip
+    values = torch.cat([p.detach().flatten().cpu() for p in run.critic.parameters()])
+    lo, hi = box_bounds(values, -clip, clip)  # float32-rounded, as applied
     weights.hist(values.numpy(), bins=60, color="tab:gray")
     for bound in (lo, hi):
         if bound is not None:
             weights.axvline(float(bound), color="tab:red", linestyle="--")
     weights.set(
-        title=f"Critic weights (clip range ±{config.clip:g} dashed)",
+        title=f"Critic weights (clip range ±{clip:g} dashed)",
         xlabel="value",
         ylabel="count",
         yscale="log",
     )
     weights.ticklabel_format(axis="x", style="sci", scilimits=(-2, 2))
 
-    # Losses: the critic's on the left axis, the generator's (offset by the
-    # critic's arbitrary constant) on the right one.
+
+def _draw_singular_values(axes: Any, run: _Run) -> None:
+    """The singular values of each spectral critic weight against the radius."""
+    radius = run.config.radius
+    layers = [layer for layer in run.critic.modules() if isinstance(layer, nn.Linear)]
+    for i, layer in enumerate(layers, start=1):
+        values = torch.linalg.svdvals(layer.weight.detach().cpu().double())
+        out_features, in_features = layer.weight.shape
+        axes.plot(
+            torch.arange(1, len(values) + 1).numpy(),
+            values.numpy(),
+            marker="o" if len(values) < 8 else None,
+            label=f"layer {i} ({out_features}x{in_features})",
+        )
+    axes.axhline(radius, color="tab:red", linestyle="--")
+    axes.set(
+        title=f"Critic singular values (radius {radius:g} dashed)",
+        xlabel="index (largest first)",
+        ylabel="singular value",
+        ylim=(0, 1.1 * radius),
+    )
+    axes.legend(loc="upper right")
+
+
+def _draw_losses(losses: Any, run: _Run) -> None:
+    """The critic's loss on the left axis, the generator's (offset by the critic's
+    arbitrary constant) on the right one."""
+    history = run.history
     steps = torch.arange(1, len(history.critic_loss) + 1).numpy()
     critic_loss = torch.tensor(history.critic_loss)
     losses.plot(steps, critic_loss.numpy(), lw=0.5, alpha=0.3, color="tab:blue")
@@ -417,7 +583,6 @@ def _figure(config: Config, critic: nn.Module, history: History, samples: Tensor
     right.tick_params(axis="y", colors="tab:orange")
     handles = losses.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
     losses.legend(handles=handles, loc="lower right")
-    return figure
 
 
 def _smooth(values: Tensor, window: int = 50) -> Tensor:
@@ -429,16 +594,71 @@ def _smooth(values: Tensor, window: int = 50) -> Tensor:
     return smoothed
 
 
-def _report(summary: Summary, config: Config, out: Path) -> str:
-    return "\n".join(
-        [
-            f"figure:        {out}",
-            f"steps:         {summary.steps} generator steps x {config.n_critic} critic steps",
-            f"critic loss:   {summary.critic_loss:+.6e} (final; minus the Wasserstein estimate)",
-            f"at the bounds: {summary.at_bounds:.1%} of critic weights at ±{config.clip:g}",
-            f"modes covered: {summary.modes_covered} of {MODES}",
-            f"time:          {summary.seconds:.1f} s",
+def _report(runs: Sequence[_Run], out: Path) -> str:
+    """The summary: ``label: value`` lines, one value column per run."""
+    config = runs[0].config
+    rows: list[tuple[str, list[str]]] = [
+        ("figure", [str(out)]),
+        ("steps", [f"{config.steps} generator steps x {config.n_critic} critic steps"]),
+    ]
+    if len(runs) == 1:
+        summary = runs[0].summary
+        rows.append(
+            ("critic loss", [f"{summary.critic_loss:+.6e} (final; minus the Wasserstein estimate)"])
+        )
+        if summary.at_bounds is not None:
+            rows.append(
+                (
+                    "at the bounds",
+                    [f"{summary.at_bounds:.1%} of critic weights at ±{config.clip:g}"],
+                )
+            )
+        else:
+            rows.append(("lipschitz bound", [_lipschitz_text(runs[0])]))
+        rows += [
+            ("modes covered", [f"{summary.modes_covered} of {MODES}"]),
+            ("time", [f"{summary.seconds:.1f} s"]),
         ]
+    else:
+        summaries = [run.summary for run in runs]
+        rows += [
+            ("critic", [_critic_text(run.config) for run in runs]),
+            ("critic loss", [f"{s.critic_loss:+.6e}" for s in summaries]),
+            (
+                "at the bounds",
+                ["no box" if s.at_bounds is None else f"{s.at_bounds:.1%}" for s in summaries],
+            ),
+            ("lipschitz bound", [f"{s.lipschitz_bound:.6g}" for s in summaries]),
+            ("modes covered", [f"{s.modes_covered} of {MODES}" for s in summaries]),
+            ("time", [f"{s.seconds:.1f} s" for s in summaries]),
+            (
+                "note",
+                [
+                    "the lipschitz bound is certified: the product of the layers' "
+                    "spectral_norm_bound (the leaky ReLUs are 1-Lipschitz)"
+                ],
+            ),
+        ]
+    width = max(len(label) for label, _ in rows) + 2
+    column = 22
+    lines = []
+    for label, values in rows:
+        cells = [value.ljust(column) for value in values[:-1]] + values[-1:]
+        lines.append(f"{label + ':':<{width}}{''.join(cells)}")
+    return "\n".join(lines)
+
+
+def _critic_text(config: Config) -> str:
+    if config.critic == "clip":
+        return f"clip ±{config.clip:g}"
+    return f"spectral ≤ {config.radius:g}"
+
+
+def _lipschitz_text(run: _Run) -> str:
+    layers = sum(isinstance(layer, nn.Linear) for layer in run.critic.modules())
+    return (
+        f"{run.summary.lipschitz_bound:.6g} (certified: the product of the {layers} weights' "
+        f"spectral norms, each ≤ {run.config.radius:g})"
     )
 
 
@@ -446,8 +666,23 @@ def _parser() -> argparse.ArgumentParser:
     defaults = Config()
     parser = argparse.ArgumentParser(
         prog="python -m torch_constraints.demo",
-        description="Train a weight-clipped WGAN on a mixture of 8 Gaussians and plot it.",
+        description=(
+            "Train a WGAN on a mixture of 8 Gaussians, its critic weight-clipped or "
+            "spectrally constrained, and plot it."
+        ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
+        "--critic",
+        choices=CRITICS,
+        default=defaults.critic,
+        help="clip every critic parameter, or bound every critic weight's spectral norm",
+    )
+    which.add_argument(
+        "--compare",
+        action="store_true",
+        help="train both critics (same seed) and draw them side by side",
     )
     parser.add_argument(
         "--steps", type=_positive(int), default=defaults.steps, help="generator steps"
@@ -456,7 +691,13 @@ def _parser() -> argparse.ArgumentParser:
         "--clip",
         type=_positive(float),
         default=defaults.clip,
-        help="clip critic parameters to [-clip, clip]",
+        help="clip critic parameters to [-clip, clip] (clip critic)",
+    )
+    parser.add_argument(
+        "--radius",
+        type=_positive(float),
+        default=defaults.radius,
+        help="bound on each critic weight's spectral norm (spectral critic)",
     )
     parser.add_argument(
         "--n-critic",
