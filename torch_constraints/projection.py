@@ -99,6 +99,10 @@ class Target:
 
     def chain_key(self) -> Hashable | None:
         """Equal for targets whose constraints project identically now; ``None``: unique."""
+        if len(self.constraints) == 1:  # the common case, without the loop
+            (constraint,) = self.constraints
+            key = constraint.fusion_key()
+            return None if key is None else ((type(constraint), key),)
         keys = []
         for constraint in self.constraints:
             key = constraint.fusion_key()
@@ -133,9 +137,11 @@ def targets(module: nn.Module) -> list[Target]:
                 if leading:
                     found.append(Target(_original(chain), leading, owner, name, parametrized=True))
         stack.extend(
-            child
-            for name, child in reversed(children.items())
-            if child is not None and name != "parametrizations"
+            [
+                child
+                for name, child in reversed(children.items())
+                if child is not None and name != "parametrizations"
+            ]
         )
     return found
 
