@@ -9,7 +9,7 @@ Run from the repository root, with or without the package installed:
 It needs only torch (no pytest: GPU machines may lack it). Checks, each against
 the plain per-tensor reference on the same device:
 
-* hard_project on CUDA (packed, foreach and loop paths), float32 and bfloat16,
+* hard_project on CUDA (foreach and loop paths, and a PackedProjection), float32 and bfloat16,
   Box and MaxNorm, a model with tensors on the CPU and the GPU;
 * the forward pass stays feasible across training steps with project_after_step;
 
@@ -73,14 +73,20 @@ def check_paths() -> list[str]:
         (torch.bfloat16, ("cuda",)),
         (torch.float32, ("cuda", "cpu")),
     ]
-    paths = [{}, {"pack": False, "foreach": True}, {"pack": False, "foreach": False}]
+    paths = ["default", "foreach", "loop", "packed"]
     for dtype, devices in cases:
         for path in paths:
             m = model(dtype, devices)
+            packed = tc.PackedProjection(m) if path == "packed" else None
             for seed in range(3):
                 scramble(m, seed)
                 expected = reference_after_projection(m)
-                tc.hard_project(m, **path)
+                if packed is not None:
+                    packed()
+                else:
+                    tc.hard_project(
+                        m, foreach={"default": None, "foreach": True, "loop": False}[path]
+                    )
                 got = raws(m)
                 if not all(torch.equal(a, b) for a, b in zip(got, expected, strict=True)):
                     failures.append(f"hard_project {path} {dtype} {devices} round {seed}")
