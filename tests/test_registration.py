@@ -520,3 +520,23 @@ def test_a_sparse_parameter_is_refused_clearly() -> None:
     module.w = nn.Parameter(torch.eye(3).to_sparse())
     with pytest.raises(TypeError, match=r"Module\.w: only dense \(strided\) tensors"):
         constrain(module, "w", -1, 1)
+
+
+@pytest.mark.parametrize("step", ["constrain", "unconstrain", "assign"])
+def test_registration_removal_and_assignment_keep_the_raw_storage(step: str) -> None:
+    """Aliases of the raw tensor taken before follow it (PyTorch's set_ would not)."""
+    layer = nn.Linear(4, 4)
+    if step != "constrain":
+        constrain(layer, "weight", -0.1, 0.1)
+    weight = layer.weight if step == "constrain" else raw(layer)
+    alias, pointer = weight.detach(), weight.data_ptr()
+    if step == "constrain":
+        constrain(layer, "weight", -0.1, 0.1)
+    elif step == "assign":
+        assigned = torch.full((4, 4), 3.0)
+        layer.weight = assigned
+        assert assigned.data_ptr() != pointer  # the value is copied, not aliased
+    else:
+        unconstrain(layer, "weight", leave_constrained=True)
+    assert weight.data_ptr() == pointer and alias.data_ptr() == pointer
+    assert bool(alias.abs().max() <= 0.1)

@@ -6,7 +6,16 @@ import pytest
 import torch
 from torch import nn
 
-from torch_constraints import Box, L1Ball, L2Ball, L2Sphere, LinfBall, Simplex, constrain
+from torch_constraints import (
+    Box,
+    L1Ball,
+    L2Ball,
+    L2Sphere,
+    LinfBall,
+    Simplex,
+    constrain,
+    named_constraints,
+)
 
 
 def test_simplex_reference_values() -> None:
@@ -85,3 +94,13 @@ def test_config_round_trips() -> None:
     ):
         clone = type(c).from_config(c.get_config())
         assert repr(clone) == repr(c)
+
+
+def test_changing_a_linf_radius_takes_effect() -> None:
+    layer = constrain(nn.Linear(4, 4), "weight", LinfBall(1.0))
+    (constraint,) = (c for _, c in named_constraints(layer))
+    constraint.radius = 0.01
+    assert bool(layer.weight.abs().max() <= 0.01)
+    assert constraint.get_config() == {"radius": 0.01}
+    with pytest.raises(ValueError, match="LinfBall: radius must be >= 0, got -1"):
+        constraint.radius = -1

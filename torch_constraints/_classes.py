@@ -48,6 +48,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrize import ParametrizationList
 
 from ._evaluate import evaluate
+from .base import Constraint
 
 __all__ = ["is_shared", "share", "shared_class"]
 
@@ -170,6 +171,24 @@ class _SharedMeta(type):
         super().__delattr__(name)
 
 
+def _copies_into_original(chain: ParametrizationList, value: Any) -> bool:
+    """Whether ``module.<name> = value`` can be stored by copying into ``chain.original``.
+
+    When every entry of the chain is one of this library's constraints (whose
+    ``right_inverse`` keeps shape, dtype and device) and ``value`` is a plain tensor
+    of the raw tensor's shape.
+    """
+    if not chain.is_tensor or not all(isinstance(entry, Constraint) for entry in chain):
+        return False
+    original = chain.original
+    return (
+        isinstance(value, torch.Tensor)
+        and type(original) in (torch.Tensor, nn.Parameter)
+        and original.device.type != "meta"
+        and value.shape == original.shape
+    )
+
+
 class _Property(property):
     """``module.<name>``: the parametrized value if ``name`` is parametrized, else the attribute."""
 
@@ -203,10 +222,19 @@ class _Property(property):
             if torch.jit.is_scripting():  # type: ignore[attr-defined]
                 raise RuntimeError("Parametrization is not working with scripting.")
             chains = cast(nn.ModuleDict, self.parametrizations)
-            if name in chains:
-                cast(ParametrizationList, chains[name]).right_inverse(value)
-            else:
+            if name not in chains:
                 self.__dict__[name] = value
+                return
+            chain = cast(ParametrizationList, chains[name])
+            if _copies_into_original(chain, value):
+                # The projection written into the raw tensor: its storage, and every
+                # alias of it, kept (PyTorch's right_inverse would set_ a new one).
+                with torch.no_grad():
+                    for entry in reversed(chain):
+                        value = cast(Constraint, entry).right_inverse(value)
+                    chain.original.copy_(value)
+            else:
+                chain.right_inverse(value)
 
         def delete(self: nn.Module) -> None:
             if name in cast(nn.ModuleDict, self.parametrizations) or name not in self.__dict__:

@@ -165,9 +165,22 @@ class Constraint(nn.Module):
         return self.project(x)
 
     def right_inverse(self, x: Tensor) -> Tensor:
-        """Return the raw value to store for ``module.weight = x``: its projection."""
+        """Return the raw value to store for ``module.weight = x``: its projection.
+
+        ``x`` itself when it is already in the set (its projection equals it, bit for
+        bit): PyTorch stores the result with ``set_``, which then keeps the raw
+        tensor's storage. Registration projects the raw tensor in place first, so
+        registering never gives it a new storage.
+        """
         with torch.no_grad():
-            return self.project(x)
+            projected = self.project(x)
+            if (
+                type(x) in (Tensor, nn.Parameter)
+                and x.device.type != "meta"
+                and torch.equal(projected, x)
+            ):
+                return x
+            return projected
 
     def batch_ndim(self, x: Tensor) -> int:
         """Return how many leading dimensions of ``x`` form a batch of registered tensors."""

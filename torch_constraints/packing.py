@@ -32,7 +32,6 @@ start on 64-byte boundaries. Buffers hold at most ``MAX_BUFFER_BYTES``.
 
 from __future__ import annotations
 
-import functools
 import operator
 import weakref
 from collections.abc import Hashable, Iterable, Sequence
@@ -154,10 +153,7 @@ class PackedProjection:
         self._snapshot = _Snapshot(found)
         self._packed = True
         self._groups = groups(loose)
-        packed_buffers = frozenset(
-            b.untyped_storage().data_ptr() for pack in self._packs for b in pack.buffers
-        )
-        hook = functools.partial(_copy_packed_entries, packed_buffers)
+        hook = _CopyPackedEntries(self)
         holders = {
             id(target.holder()): target.holder()
             for target in found
@@ -363,26 +359,50 @@ class _Pack:
             offset += size
 
 
-def _copy_packed_entries(
-    packed_buffers: frozenset[int],
-    module: nn.Module,
-    state_dict: dict[str, Any],
-    prefix: str,
-    local_metadata: dict[str, Any],
-) -> None:
+class _CopyPackedEntries:
     """``state_dict`` post-hook: packed tensors are saved as copies, never as shared views.
 
     Serializers that take tensors sharing a storage for tied weights (safetensors,
     Accelerate, Hugging Face) would otherwise keep one of them and drop the rest.
+    It copies the entries that view a buffer of its live projection; a copy of the
+    hook (a pickled or deep-copied module) has no projection and copies every entry
+    that views a larger storage, which is what a pickled pack still is.
     """
-    for key, value in state_dict.items():
-        if (
-            key.startswith(prefix)
-            and type(value) in (Tensor, nn.Parameter)
-            and value.device.type != "meta"
-            and value.untyped_storage().data_ptr() in packed_buffers
-        ):
-            state_dict[key] = value.detach().clone()
+
+    def __init__(self, projection: PackedProjection | None) -> None:
+        self._projection = weakref.ref(projection) if projection is not None else None
+
+    def __call__(
+        self,
+        module: nn.Module,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+    ) -> None:
+        projection = self._projection() if self._projection is not None else None
+        buffers = (
+            {b.untyped_storage().data_ptr() for pack in projection._packs for b in pack.buffers}
+            if projection is not None
+            else None
+        )
+        for key, value in state_dict.items():
+            if (
+                not key.startswith(prefix)
+                or type(value) not in (Tensor, nn.Parameter)
+                or value.device.type == "meta"
+            ):
+                continue
+            storage = value.untyped_storage()
+            packed = (
+                storage.data_ptr() in buffers
+                if buffers is not None
+                else storage.nbytes() != value.numel() * value.element_size()
+            )
+            if packed:
+                state_dict[key] = value.detach().clone()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_CopyPackedEntries, (None,))
 
 
 def _is_packable(tensor: Tensor) -> bool:

@@ -535,6 +535,13 @@ def _register(
         _records.add(module, tensor_name, constraint)
         return
     stacked = parametrize.is_parametrized(module, tensor_name)
+    if not stacked:
+        # In place, so that right_inverse finds the raw tensor feasible and returns it
+        # as it is: PyTorch's set_ then keeps its storage (and every alias of it).
+        raw = _raw_tensor(module, tensor_name)
+        if raw.device.type != "meta":
+            with torch.no_grad():
+                raw.copy_(constraint.project(raw))
     parametrize.register_parametrization(module, tensor_name, constraint)
     _classes.share(module)  # one class per module type: compiles once, pickles
     _state_hooks.attach(module)  # loads plain checkpoints, records the format
@@ -562,9 +569,12 @@ def _remove(slot: Slot, leave_constrained: bool) -> None:
     chain = chain_of(module, tensor_name)
     positions = [i for i, entry in enumerate(chain) if isinstance(entry, Constraint)]
     if len(positions) == len(chain):
-        parametrize.remove_parametrizations(
-            module, tensor_name, leave_parametrized=leave_constrained
-        )
+        if leave_constrained and chain.is_tensor and chain.original.device.type != "meta":
+            # The forward value into the raw tensor in place, rather than PyTorch's
+            # set_ (leave_parametrized=True), which would give it a new storage.
+            with torch.no_grad():
+                chain.original.copy_(getattr(module, tensor_name))
+        parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=False)
         _after_removal(module)
         return
     leading = positions == list(range(len(positions)))

@@ -182,4 +182,13 @@ class LinfBall(Box):
     def __init__(self, radius: float = 1.0) -> None:
         r = _validation.number("LinfBall", "radius", radius, at_least=0)
         super().__init__(-r, r)
-        self.radius = r
+
+    @property
+    def radius(self) -> float:
+        """:math:`r`; setting it sets the box ``[-r, r]``, live like every attribute."""
+        return -float(self.min) if self.min is not None else float(self.max)  # type: ignore[arg-type]
+
+    @radius.setter
+    def radius(self, value: float) -> None:
+        r = _validation.number("LinfBall", "radius", value, at_least=0)
+        self.min, self.max = -r, r
