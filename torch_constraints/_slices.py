@@ -13,7 +13,7 @@ leading dimensions of its input as a batch of such tensors, so that
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 
 from torch import Tensor
 
@@ -39,6 +39,11 @@ class SliceConstraint(Constraint):
                     f"{where}: {type(self).__name__} dim={self.dim!r} is out of range for a "
                     f"tensor with {x.ndim} dimension(s)"
                 )
+
+    def project_many_(self, xs: Sequence[Tensor], *, foreach: bool | None = None) -> None:
+        """Project in place, stacking same-shaped tensors for one batched call per shape."""
+        del foreach
+        self._project_stacked_(xs)
 
     def slices(self, x: Tensor) -> Dim:
         """The ``dim`` argument for the kernels: ``self.dim``, shifted past any batch dims."""

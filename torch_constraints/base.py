@@ -153,6 +153,40 @@ class Constraint(nn.Module):
         for x in xs:
             self.project_(x)
 
+    @torch.no_grad()
+    def _project_stacked_(
+        self, xs: Sequence[Tensor], max_bytes: int = 64 * 2**20, small_bytes: int = 2**20
+    ) -> None:
+        """Project ``xs`` in place, stacking small same-shaped tensors into one batched call.
+
+        For constraints whose :meth:`project_` treats extra leading dimensions as a
+        batch (see :meth:`batch_ndim`): many small tensors then cost a few kernels
+        instead of a few per tensor. A tensor larger than ``small_bytes`` gains
+        nothing from it (the copies would cost more than the calls) and is projected
+        on its own, as is anything but a plain dense tensor. Stacks hold at most
+        ``max_bytes`` (a transient copy).
+        """
+        by_shape: dict[tuple[int, ...], list[Tensor]] = {}
+        for x in xs:
+            if (
+                self._event_ndim is None
+                or type(x) not in (Tensor, nn.Parameter)
+                or x.numel() * x.element_size() > small_bytes
+            ):
+                self.project_(x)
+            else:
+                by_shape.setdefault(tuple(x.shape), []).append(x)
+        for same in by_shape.values():
+            per_stack = max(1, max_bytes // max(1, same[0].numel() * same[0].element_size()))
+            for start in range(0, len(same), per_stack):
+                chunk = same[start : start + per_stack]
+                if len(chunk) == 1:
+                    self.project_(chunk[0])
+                    continue
+                stack = torch.stack([x.detach() for x in chunk])
+                self.project_(stack)
+                torch._foreach_copy_([x.detach() for x in chunk], list(stack.unbind(0)))
+
     def forward(self, x: Tensor) -> Tensor:
         """Map the raw tensor to the feasible set (the parametrization's forward).
 

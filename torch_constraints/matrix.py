@@ -316,22 +316,7 @@ class _MatrixConstraint(Constraint):
     def project_many_(self, xs: Sequence[Tensor], *, foreach: bool | None = None) -> None:
         """Project in place, stacking same-shaped tensors for one batched call per shape."""
         del foreach
-        if self._event_ndim is None:
-            for x in xs:
-                self.project_(x)
-            return
-        by_shape: dict[tuple[int, ...], list[Tensor]] = {}
-        for x in xs:
-            by_shape.setdefault(tuple(x.shape), []).append(x)
-        with torch.no_grad():
-            for group in by_shape.values():
-                if len(group) == 1:
-                    self.project_(group[0])
-                    continue
-                stack = torch.stack([x.detach() for x in group])
-                self.project_(stack)
-                for x, projected in zip(group, stack, strict=True):
-                    x.copy_(projected)
+        self._project_stacked_(xs)
 
 
 def _wide(fn: Any, m: Tensor, *args: Any) -> Tensor:
