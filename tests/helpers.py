@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from torch_constraints import Box, named_constraints
+
 
 def raw(module: nn.Module, name: str = "weight") -> torch.Tensor:
     """The stored raw tensor behind a parametrized ``module.<name>``."""
@@ -26,3 +28,21 @@ class Shift(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + 1
+
+
+class CountingBox(Box):
+    """A box that counts its projections (a real constraint: the generic path calls project)."""
+
+    def __init__(self, min: float, max: float) -> None:
+        super().__init__(min, max)
+        self.calls = 0
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return super().project(x)
+
+
+def projections(model: nn.Module) -> int:
+    """How many times each constrained tensor was projected (all are projected together)."""
+    constraints = [c for _, c in named_constraints(model) if isinstance(c, CountingBox)]
+    return sum(c.calls for c in constraints) // len(constraints)

@@ -15,13 +15,12 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import CountingBox, projections
 from torch import nn
 
 from torch_constraints import (
-    Box,
     constrain_all,
     hard_project,
-    named_constraints,
     plain_state_dict,
     project_after_step,
 )
@@ -30,23 +29,6 @@ accelerate = pytest.importorskip("accelerate")
 
 LR = 0.05
 BOUND = 0.2
-
-
-class CountingBox(Box):
-    """A box that counts its projections (a real constraint: the generic path calls project)."""
-
-    def __init__(self, min: float, max: float) -> None:
-        super().__init__(min, max)
-        self.calls = 0
-
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        return super().project(x)
-
-
-def projections(model: nn.Module) -> int:
-    constraints = [c for _, c in named_constraints(model) if isinstance(c, CountingBox)]
-    return sum(c.calls for c in constraints) // len(constraints)
 
 
 def make_net(seed: int = 0) -> nn.Sequential:
