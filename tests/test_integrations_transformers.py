@@ -18,7 +18,7 @@ import torch
 from helpers import CountingBox, projections
 from torch import nn
 
-from torch_constraints import constrain_all, hard_project, saturation
+from torch_constraints import constrain, constrain_all, hard_project, saturation
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
@@ -170,3 +170,37 @@ def test_a_model_without_constraints_fails_when_training_starts(tmp_path: Path) 
 def test_log_saturation_must_be_a_bool() -> None:
     with pytest.raises(TypeError, match="log_saturation must be a bool, got 1"):
         ProjectionCallback(log_saturation=1)  # type: ignore[arg-type]
+
+
+def test_a_tied_gpt2_trains_saves_and_resumes_exactly_with_parametrize_false(
+    tmp_path: Path,
+) -> None:
+    """GPT-2 ties lm_head to wte: constrained once, through either name, it stays one tensor."""
+    config = transformers.GPT2Config(
+        n_layer=1, n_head=2, n_embd=16, vocab_size=64, n_positions=16, tie_word_embeddings=True
+    )
+    tokens = torch.randint(0, 64, (8, 8), generator=torch.Generator().manual_seed(2))
+    data = [{"input_ids": t, "labels": t} for t in tokens]
+
+    def tied(seed: int = 0) -> Any:
+        torch.manual_seed(seed)
+        model = transformers.GPT2LMHeadModel(config)
+        constrain(model, "lm_head.weight", -0.02, 0.02, parametrize=False)
+        return model
+
+    def run(model: Any, out: Path, **kwargs: Any) -> None:
+        args = arguments(out, 4, save_strategy="steps", save_steps=2)
+        trainer = transformers.Trainer(
+            model=model, args=args, train_dataset=data, callbacks=[ProjectionCallback()]
+        )
+        trainer.train(**kwargs)
+
+    straight = tied()
+    run(straight, tmp_path / "straight")
+    assert straight.lm_head.weight is straight.transformer.wte.weight
+    assert straight.transformer.wte.weight.abs().max() <= 0.02
+    run(tied(), tmp_path / "run")
+    resumed = tied(seed=5)
+    run(resumed, tmp_path / "run", resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2"))
+    assert resumed.lm_head.weight is resumed.transformer.wte.weight
+    assert_same(resumed, straight)
