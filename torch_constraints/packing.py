@@ -137,7 +137,7 @@ class PackedProjection:
         self._packed = False
 
     def release(self, tensor: Tensor) -> None:
-        """Give ``tensor`` its own storage if it is packed here; the rest is repacked later."""
+        """If ``tensor`` is packed here, unpack everything (the next call packs again)."""
         if any(pack.holds(tensor) for pack in self._packs):
             self.unpack()
 
@@ -175,10 +175,11 @@ def release(tensor: Tensor) -> None:
 class _Snapshot:
     """What a plan was built from, compared with the model by identity and value.
 
-    The checks of :meth:`~torch_constraints.projection.Target.is_current` and of the
-    fusion keys, for every target at once: each list holds, per target, where to
-    look and what must be found there, so that most of the comparison runs as
-    ``map`` over lists rather than as Python code per tensor.
+    For every target: the owner still holds the same parametrization chain (or
+    records) with the same constraints and raw tensor, and every constraint's
+    fusion key, read from its current attributes, is unchanged. Each list holds,
+    per target, where to look and what must be found there, so that most of the
+    comparison runs as ``map`` over lists rather than as Python code per tensor.
     """
 
     def __init__(self, found: list[Target]) -> None:
