@@ -20,7 +20,7 @@ from helpers import CountingBox, projections
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from torch_constraints import constrain_all, hard_project, saturation
+from torch_constraints import constrain_all, hard_project, saturation, violation
 
 pl = pytest.importorskip("pytorch_lightning")
 
@@ -234,9 +234,21 @@ def test_a_model_without_constraints_fails_when_training_starts() -> None:
         trainer(1, callbacks=[ProjectionCallback()]).fit(Regressor(make_net()), loader())
 
 
-def test_log_saturation_must_be_a_bool() -> None:
-    with pytest.raises(TypeError, match="log_saturation must be a bool, got 'yes'"):
-        ProjectionCallback(log_saturation="yes")  # type: ignore[arg-type]
+def test_log_violation_logs_each_constrained_tensor() -> None:
+    net = make_net()
+    constrain_all(net, -BOUND, BOUND, parametrize=False)
+    fitted = trainer(3, callbacks=[ProjectionCallback(log_violation=True)])
+    fitted.fit(Regressor(net), loader())
+    logged = {k: float(v) for k, v in fitted.callback_metrics.items()}
+    expected = {f"violation/net.{k}": v for k, v in violation(net).items()}
+    assert set(logged) == set(expected) and len(expected) == 4
+    assert logged == pytest.approx(expected)  # zero: projected after every step
+
+
+@pytest.mark.parametrize("flag", ["log_saturation", "log_violation"])
+def test_log_flags_must_be_bools(flag: str) -> None:
+    with pytest.raises(TypeError, match=f"{flag} must be a bool, got 'yes'"):
+        ProjectionCallback(**{flag: "yes"})
 
 
 def test_importing_the_integrations_package_loads_no_framework() -> None:

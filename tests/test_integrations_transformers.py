@@ -18,7 +18,7 @@ import torch
 from helpers import CountingBox, projections
 from torch import nn
 
-from torch_constraints import constrain, constrain_all, hard_project, saturation
+from torch_constraints import constrain, constrain_all, hard_project, saturation, violation
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
@@ -160,6 +160,17 @@ def test_log_saturation_adds_to_the_logs_and_the_history(tmp_path: Path) -> None
     assert list(expected) == [f"saturation/{name}" for name in names]
     assert {k: last_step[k] for k in expected} == pytest.approx(expected)
     assert last_step["step"] == 3
+
+
+def test_log_violation_adds_to_the_logs(tmp_path: Path) -> None:
+    model = Regressor()
+    constrain_all(model, -BOUND, BOUND, parametrize=False)
+    trainer = train(model, arguments(tmp_path, 3), [ProjectionCallback(log_violation=True)])
+    last_step = [entry for entry in trainer.state.log_history if "loss" in entry][-1]
+    expected = {f"violation/{k}": v for k, v in violation(model).items()}
+    assert len(expected) == 4
+    assert {k: last_step[k] for k in expected} == pytest.approx(expected)
+    assert not any(k.startswith("saturation/") for k in last_step)
 
 
 def test_a_model_without_constraints_fails_when_training_starts(tmp_path: Path) -> None:

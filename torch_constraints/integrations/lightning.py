@@ -19,7 +19,7 @@ from typing import Any
 from torch.utils.hooks import RemovableHandle
 
 from ..hooks import _unwrap, project_after_step
-from ..monitoring import saturation
+from ._logging import logged_values, require_bools
 
 __all__ = ["ProjectionCallback"]
 
@@ -70,15 +70,19 @@ class ProjectionCallback(_Callback):  # type: ignore[misc]
     of each batch that had a step, the share of entries at a bound of every
     box-constrained tensor (:func:`~torch_constraints.saturation`), as
     ``saturation/<tensor name>`` through ``pl_module.log_dict`` (one device
-    synchronisation per logged batch).
+    synchronisation per logged batch). ``log_violation=True`` logs, the same way,
+    how far each constrained raw tensor is from its set
+    (:func:`~torch_constraints.violation`, ``violation/<tensor name>``).
 
     Args:
         log_saturation: log the saturation of every box-constrained tensor after
             each batch with an optimizer step. Default: ``False``.
+        log_violation: log the violation of every constrained tensor likewise.
+            Default: ``False``.
 
     Raises:
         ImportError: if neither ``pytorch_lightning`` nor ``lightning`` is installed.
-        TypeError: if ``log_saturation`` is not a bool.
+        TypeError: if ``log_saturation`` or ``log_violation`` is not a bool.
         ValueError: when training starts, if the LightningModule has no tensor
             constrained by this library.
 
@@ -94,17 +98,15 @@ class ProjectionCallback(_Callback):  # type: ignore[misc]
         trainer.fit(model, train_loader)
     """
 
-    def __init__(self, *, log_saturation: bool = False) -> None:
+    def __init__(self, *, log_saturation: bool = False, log_violation: bool = False) -> None:
         if _framework is None:
             raise ImportError(
                 "ProjectionCallback needs Lightning: pip install 'torch-constraints[lightning]'"
             )
-        if not isinstance(log_saturation, bool):
-            raise TypeError(
-                f"ProjectionCallback: log_saturation must be a bool, got {log_saturation!r}"
-            )
+        require_bools(log_saturation=log_saturation, log_violation=log_violation)
         super().__init__()
         self.log_saturation = log_saturation
+        self.log_violation = log_violation
         self._handles: list[RemovableHandle] = []
         self._stepped = False
 
@@ -113,16 +115,18 @@ class ProjectionCallback(_Callback):  # type: ignore[misc]
         self._remove_hooks()
         for optimizer in trainer.optimizers:
             self._handles.append(project_after_step(optimizer, pl_module))
-            if self.log_saturation:
+            if self.log_saturation or self.log_violation:
                 self._handles.append(_unwrap(optimizer).register_step_post_hook(self._mark))
 
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        """Log the saturation when ``log_saturation`` is set and the batch had a step."""
-        if self.log_saturation and self._stepped:
+        """Log what ``log_saturation``/``log_violation`` ask for, when the batch had a step."""
+        if self._stepped:
             self._stepped = False
-            values = {f"saturation/{name}": value for name, value in saturation(pl_module).items()}
+            values = logged_values(
+                pl_module, log_saturation=self.log_saturation, log_violation=self.log_violation
+            )
             if values:
                 pl_module.log_dict(values, on_step=True, on_epoch=False)
 

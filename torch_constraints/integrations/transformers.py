@@ -18,9 +18,9 @@ from typing import Any
 
 from torch import nn
 
-from ..monitoring import saturation
 from ..projection import hard_project, targets
 from ..registration import type_name
+from ._logging import logged_values, require_bools
 
 __all__ = ["ProjectionCallback"]
 
@@ -60,16 +60,21 @@ class ProjectionCallback(_TrainerCallback):  # type: ignore[misc]
     ``state.log_history`` they were written to (so to ``trainer_state.json``).
     The ``Trainer`` runs its reporting callbacks (``report_to``: TensorBoard,
     W&B, ...) before the callbacks it is given, so those do not receive these
-    values; the progress bar and the log history do.
+    values; the progress bar and the log history do. ``log_violation=True`` adds,
+    the same way, how far each constrained raw tensor is from its set
+    (:func:`~torch_constraints.violation`, ``violation/<tensor name>``).
 
     Args:
         log_saturation: add the saturation of every box-constrained tensor to the
             ``Trainer``'s logs. Default: ``False``.
+        log_violation: add the violation of every constrained tensor likewise.
+            Default: ``False``.
 
     Raises:
         ImportError: if ``transformers`` 4.42 or later (the first with
             ``on_optimizer_step``) is not installed.
-        TypeError: if ``log_saturation`` is not a bool; when training starts, if
+        TypeError: if ``log_saturation`` or ``log_violation`` is not a bool; when
+            training starts, if
             the ``Trainer``'s model is not an ``nn.Module``.
         ValueError: when training starts, if the model has no tensor constrained
             by this library.
@@ -86,18 +91,16 @@ class ProjectionCallback(_TrainerCallback):  # type: ignore[misc]
         trainer.train()
     """
 
-    def __init__(self, *, log_saturation: bool = False) -> None:
+    def __init__(self, *, log_saturation: bool = False, log_violation: bool = False) -> None:
         if not _available:
             raise ImportError(
                 "ProjectionCallback needs transformers 4.42 or later: "
                 "pip install 'torch-constraints[transformers]'"
             )
-        if not isinstance(log_saturation, bool):
-            raise TypeError(
-                f"ProjectionCallback: log_saturation must be a bool, got {log_saturation!r}"
-            )
+        require_bools(log_saturation=log_saturation, log_violation=log_violation)
         super().__init__()
         self.log_saturation = log_saturation
+        self.log_violation = log_violation
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Check that the model has constrained tensors."""
@@ -115,10 +118,14 @@ class ProjectionCallback(_TrainerCallback):  # type: ignore[misc]
     def on_log(
         self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
     ) -> None:
-        """Add the saturation to the logs when ``log_saturation`` is set."""
-        if not self.log_saturation or logs is None:
+        """Add what ``log_saturation``/``log_violation`` ask for to the logs."""
+        if logs is None:
             return
-        values = {f"saturation/{name}": value for name, value in saturation(_model(kwargs)).items()}
+        values = logged_values(
+            _model(kwargs), log_saturation=self.log_saturation, log_violation=self.log_violation
+        )
+        if not values:
+            return
         logs.update(values)
         history = state.log_history
         if history and history[-1].get("step") == state.global_step:
