@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["clamp_", "data_ptrs", "data_ptrs_equal", "foreach_supported"]
+__all__ = ["clamp_", "copy_", "data_ptrs", "data_ptrs_equal", "foreach_supported"]
 
 try:
     from torch.utils._foreach_utils import _get_foreach_kernels_supported_devices
@@ -66,3 +66,13 @@ def data_ptrs_equal(tensors: Sequence[Tensor], ptrs: list[int], indices: list[in
     if _ptrs_equal is not None:
         return bool(_ptrs_equal(list(tensors), ptrs, indices))
     return data_ptrs(tensors) == ptrs
+
+
+def copy_(destinations: Sequence[Tensor], sources: Sequence[Tensor]) -> None:
+    """Copy ``sources[i]`` into ``destinations[i]`` (one multi-tensor call where available)."""
+    detached = [t.detach() for t in destinations]  # Parameters fail the foreach check
+    if hasattr(torch, "_foreach_copy_"):
+        torch._foreach_copy_(detached, list(sources))
+        return
+    for destination, source in zip(detached, sources, strict=True):  # pragma: no cover
+        destination.copy_(source)

@@ -29,6 +29,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import Tensor, nn
 
+from . import _kernels
 from ._autograd import straight_through
 
 __all__ = ["Constraint"]
@@ -185,7 +186,7 @@ class Constraint(nn.Module):
                     continue
                 stack = torch.stack([x.detach() for x in chunk])
                 self.project_(stack)
-                torch._foreach_copy_([x.detach() for x in chunk], list(stack.unbind(0)))
+                _kernels.copy_(chunk, stack.unbind(0))
 
     def forward(self, x: Tensor) -> Tensor:
         """Map the raw tensor to the feasible set (the parametrization's forward).
