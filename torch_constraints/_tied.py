@@ -19,7 +19,6 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 from torch.nn.utils.parametrize import ParametrizationList
 
 from .base import Constraint
@@ -28,22 +27,33 @@ __all__ = ["Aliases", "same_constraint"]
 
 
 class Aliases:
-    """The public names of every parameter in ``root``'s tree, by tensor."""
+    """Every parameter in ``root``'s tree, by tensor, with the modules and names holding it.
+
+    One walk of the tree per registration call (``constrain_all`` shares it across
+    its tensors); qualified names are worked out only for an error message.
+    """
 
     def __init__(self, root: nn.Module) -> None:
-        self._names: dict[int, list[tuple[str, nn.Module, str]]] = {}
-        for qualname, owner, tensor_name, tensor in _named_tensors(root):
-            self._names.setdefault(id(tensor), []).append((qualname, owner, tensor_name))
+        self._root = root
+        self._holders: dict[int, list[tuple[nn.Module, str]]] = {}
+        for owner, tensor_name, tensor in _tensors(root):
+            self._holders.setdefault(id(tensor), []).append((owner, tensor_name))
 
     def others(
         self, tensor: Tensor, owner: nn.Module, tensor_name: str
     ) -> list[tuple[str, nn.Module, str]]:
-        """The other names of ``tensor`` than ``owner.<tensor_name>``."""
-        return [
-            entry
-            for entry in self._names.get(id(tensor), [])
-            if not (entry[1] is owner and entry[2] == tensor_name)
+        """The other names of ``tensor``, as (qualname, owner, name)."""
+        holders = [
+            (module, name)
+            for module, name in self._holders.get(id(tensor), [])
+            if not (module is owner and name == tensor_name)
         ]
+        if not holders:
+            return []
+        prefixes: dict[int, str] = {}
+        for prefix, module in self._root.named_modules(remove_duplicate=False):
+            prefixes.setdefault(id(module), prefix)
+        return [(_join(prefixes[id(module)], name), module, name) for module, name in holders]
 
 
 def same_constraint(a: Constraint, b: Constraint) -> bool:
@@ -68,21 +78,32 @@ def same_constraint(a: Constraint, b: Constraint) -> bool:
     return True
 
 
-def _named_tensors(root: nn.Module) -> Iterator[tuple[str, nn.Module, str, Tensor]]:
-    """``(public qualified name, owner, name, tensor)`` of every parameter in the tree."""
-    for prefix, owner in root.named_modules(remove_duplicate=False):
-        if isinstance(owner, (ParametrizationList, Constraint)):
+def _tensors(root: nn.Module) -> Iterator[tuple[nn.Module, str, Tensor]]:
+    """``(owner, public name, tensor)`` of every parameter in the tree, raw ones included."""
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        owner = stack.pop()
+        if id(owner) in seen or isinstance(owner, (ParametrizationList, Constraint)):
             continue
+        seen.add(id(owner))
         for name, tensor in owner._parameters.items():
             if tensor is not None:
-                yield _join(prefix, name), owner, name, tensor
-        if parametrize.is_parametrized(owner):
-            chains = owner._modules["parametrizations"]
-            assert chains is not None
+                yield owner, name, tensor
+        children = owner._modules
+        chains = children.get("parametrizations")
+        if chains is not None:
             for name, chain in chains._modules.items():
                 original = chain._parameters.get("original") if chain is not None else None
                 if original is not None:
-                    yield _join(prefix, name), owner, name, original
+                    yield owner, name, original
+        stack.extend(
+            [
+                child
+                for key, child in children.items()
+                if child is not None and key != "parametrizations"
+            ]
+        )
 
 
 def _join(prefix: str, name: str) -> str:
