@@ -46,3 +46,11 @@ def projections(model: nn.Module) -> int:
     """How many times each constrained tensor was projected (all are projected together)."""
     constraints = [c for _, c in named_constraints(model) if isinstance(c, CountingBox)]
     return sum(c.calls for c in constraints) // len(constraints)
+
+
+def assert_same(a: nn.Module, b: nn.Module) -> None:
+    """The two modules' state_dicts have the same keys, in order, and equal values."""
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key

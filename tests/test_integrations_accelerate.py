@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import CountingBox, projections
+from helpers import CountingBox, assert_same, projections
 from torch import nn
 
 from torch_constraints import (
@@ -63,13 +63,6 @@ def accelerated_loop(acc: Any, net: nn.Module, optimizer: Any, data: list[Any]) 
             acc.backward(nn.functional.mse_loss(net(x), y))
             optimizer.step()
             optimizer.zero_grad()
-
-
-def assert_same(a: nn.Module, b: nn.Module) -> None:
-    sa, sb = a.state_dict(), b.state_dict()
-    assert list(sa) == list(sb)
-    for key in sa:
-        assert torch.equal(sa[key], sb[key]), key
 
 
 @pytest.mark.parametrize("parametrize", [False, True], ids=["plain", "parametrized"])

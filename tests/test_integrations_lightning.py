@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import CountingBox, projections
+from helpers import CountingBox, assert_same, projections
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -110,13 +110,6 @@ def hand_loop(net: nn.Module, steps: int, accumulate: int = 1) -> None:
             optimizer.step()
             hard_project(net)
             optimizer.zero_grad()
-
-
-def assert_same(a: nn.Module, b: nn.Module) -> None:
-    sa, sb = a.state_dict(), b.state_dict()
-    assert list(sa) == list(sb)
-    for key in sa:
-        assert torch.equal(sa[key], sb[key]), key
 
 
 def feasible(net: nn.Module) -> bool:

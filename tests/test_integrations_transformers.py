@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import CountingBox, projections
+from helpers import CountingBox, assert_same, projections
 from torch import nn
 
 from torch_constraints import constrain, constrain_all, hard_project, saturation, violation
@@ -90,13 +90,6 @@ def hand_loop(model: Regressor, steps: int, accumulate: int = 1) -> None:
             optimizer.step()
             hard_project(model)
             optimizer.zero_grad()
-
-
-def assert_same(a: nn.Module, b: nn.Module) -> None:
-    sa, sb = a.state_dict(), b.state_dict()
-    assert list(sa) == list(sb)
-    for key in sa:
-        assert torch.equal(sa[key], sb[key]), key
 
 
 def feasible(model: nn.Module) -> bool:
