@@ -205,13 +205,18 @@ def test_refuses_what_is_not_a_module() -> None:
         PackedProjection([])  # type: ignore[arg-type]
 
 
-def test_a_pickled_packed_model_saves_every_tensor_on_its_own() -> None:
+def pickled_packed_model() -> tuple[nn.Module, nn.Module]:
+    """A packed model, and what ``torch.save(model)`` then ``torch.load`` give back."""
     model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 4))
     constrain_all(model, -0.5, 0.5)
     PackedProjection(model)()
     buffer = io.BytesIO()
     torch.save(model, buffer)
-    loaded = torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)
+    return model, torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)
+
+
+def test_a_pickled_packed_model_saves_every_tensor_on_its_own() -> None:
+    model, loaded = pickled_packed_model()
     values = list(loaded.state_dict().values())
     storages = {v.untyped_storage().data_ptr() for v in values}
     assert len(storages) == len(values)  # the copied hook still copies packed views
@@ -220,11 +225,6 @@ def test_a_pickled_packed_model_saves_every_tensor_on_its_own() -> None:
 
 @pytest.mark.xfail(strict=True, reason="documented limit: torch.save(model) keeps the pack")
 def test_a_pickled_packed_model_has_a_storage_per_parameter() -> None:
-    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 4))
-    constrain_all(model, -0.5, 0.5)
-    PackedProjection(model)()
-    buffer = io.BytesIO()
-    torch.save(model, buffer)
-    loaded = torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)
+    _, loaded = pickled_packed_model()
     params = list(loaded.parameters())
     assert len({p.untyped_storage().data_ptr() for p in params}) == len(params)
