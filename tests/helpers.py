@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from torch_constraints import Box, named_constraints
 
 
 def raw(module: nn.Module, name: str = "weight") -> torch.Tensor:
-    """The stored raw tensor behind a parametrized ``module.<name>``."""
-    return module.parametrizations[name].original  # type: ignore[no-any-return]
+    """The stored raw tensor behind ``module.<name>`` (the tensor itself if not parametrized)."""
+    if parametrize.is_parametrized(module, name):
+        return module.parametrizations[name].original  # type: ignore[no-any-return]
+    return getattr(module, name)  # type: ignore[no-any-return]
 
 
 class Double(nn.Module):

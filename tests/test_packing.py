@@ -1,8 +1,13 @@
-"""PackedProjection: the explicit opt-in; its plan is checked by value on every call."""
+"""PackedProjection: the explicit opt-in, which follows its tensors as an optimizer does.
+
+Every call checks that each tensor still views its slot; the rest of the plan is
+compared by value on the first call after a change this library is told of.
+"""
 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -12,6 +17,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from torch_constraints import (
+    Constraint,
+    LinfBall,
     MaxNorm,
     MinMaxNorm,
     PackedProjection,
@@ -22,6 +29,7 @@ from torch_constraints import (
     named_constraints,
     project_after_step,
 )
+from torch_constraints.packing import _Snapshot
 
 pytestmark = pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
 
@@ -132,6 +140,66 @@ def test_a_changed_attribute_takes_effect_for_that_tensor_alone() -> None:
     assert raw(model[2]).max().item() == pytest.approx(0.1)
 
 
+@pytest.mark.parametrize(
+    ("make", "change"),
+    [
+        (lambda: MaxNorm(1.0), lambda c: setattr(c, "max_value", 0.5)),
+        (lambda: LinfBall(1.0), lambda c: setattr(c, "radius", 0.25)),  # a property
+        (lambda: MinMaxNorm(0.0, 1.0), lambda c: setattr(c, "rate", 0.5)),
+    ],
+)
+@pytest.mark.parametrize("parametrized", [True, False])
+def test_every_kind_of_attribute_change_is_seen(
+    make: Callable[[], Constraint], change: Callable[[Constraint], None], parametrized: bool
+) -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    constrain_all(model, make(), include={"weight"}, parametrize=parametrized)
+    packed = PackedProjection(model)
+    packed()
+    change(dict(named_constraints(model))["1.weight"])
+    scramble(model)
+    before = [raw(model[i]).detach().clone() for i in (0, 1)]
+    packed()
+    changed = make()
+    change(changed)
+    assert torch.equal(raw(model[0]), make().project_(before[0].clone()))
+    assert torch.equal(raw(model[1]), changed.project_(before[1].clone()))
+    assert not torch.equal(raw(model[1]), make().project_(before[1].clone()))
+
+
+def test_a_constraint_stacked_on_a_packed_tensor_is_applied() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    constrain_all(model, -1, 1, include={"weight"})
+    packed = PackedProjection(model)
+    constrain(model, "1.weight", MaxNorm(0.5))
+    scramble(model)
+    packed()
+    assert torch.linalg.vector_norm(raw(model[1]), dim=1).max() <= 0.5 + 1e-6
+    assert raw(model[0]).abs().max().item() == pytest.approx(1.0)
+
+
+def test_a_call_with_nothing_changed_does_not_compare_the_whole_plan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    constrain_all(model, -1, 1)
+    packed = PackedProjection(model)
+    packed()
+
+    def refuse(self: _Snapshot) -> bool:
+        raise AssertionError("compared the whole plan")
+
+    monkeypatch.setattr(_Snapshot, "matches", refuse)
+    model.train()  # sets `training` on every module, constraints included
+    model.eval()
+    scramble(model)
+    packed()
+    assert all(p.abs().max() <= 1 for p in model.parameters())
+    dict(named_constraints(model))["1.weight"].max = 0.5
+    with pytest.raises(AssertionError, match="compared the whole plan"):
+        packed()
+
+
 def test_a_constraint_removed_by_pytorch_is_no_longer_projected() -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
     constrain_all(model, -1, 1)
@@ -228,3 +296,18 @@ def test_a_pickled_packed_model_has_a_storage_per_parameter() -> None:
     _, loaded = pickled_packed_model()
     params = list(loaded.parameters())
     assert len({p.untyped_storage().data_ptr() for p in params}) == len(params)
+
+
+def test_a_replaced_parameter_needs_repack_as_an_optimizer_would() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    constrain_all(model, -1, 1, include={"weight"}, parametrize=False)
+    packed = PackedProjection(model)
+    old = model[0].weight
+    model[0].weight = nn.Parameter(torch.full((4, 4), 5.0))
+    assert not packed.is_current()  # the full comparison sees it at any time
+    packed()
+    assert (model[0].weight == 5.0).all()  # the documented limit: it still holds `old`
+    assert is_packed(old)
+    packed.repack()
+    packed()
+    assert (model[0].weight == 1.0).all()

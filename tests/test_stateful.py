@@ -29,6 +29,7 @@ import copy
 import io
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -289,12 +290,16 @@ class Guarantees(RuleBasedStateMachine):
             for ref in checked:
                 assert ref.feasible(value), f"{slot} is outside {ref} after a projection"
 
-    def after_projection(self, projected: list[str]) -> None:
-        """Check the values a projection wrote, feasibility, and that a second one is a no-op."""
+    def after_projection(self, projected: list[str], also: Sequence[str] = ()) -> None:
+        """Check the values a projection wrote, feasibility, and that a second one is a no-op.
+
+        ``also``: slots the projection was seen to project, whose new values are
+        already in the shadow.
+        """
         self.expect_projected(projected)
         self.assert_values()
         self.assert_feasible(projected)
-        solid = {canon(s) for s in self.constrained() if all(r.solid() for r in self.refs[s])}
+        solid = {canon(s) for s in [*projected, *also] if all(r.solid() for r in self.refs[s])}
         first = {t: self.raw(t).detach().clone() for t in TENSORS}
         before = self.storages()
         hard_project(self.model)
@@ -521,6 +526,7 @@ class Guarantees(RuleBasedStateMachine):
         with torch.inference_mode(inference):
             self.packed()
         self.sharing_allowed = True
+        repacked = []
         for slot in self.constrained():
             if slot in self.covered:
                 continue
@@ -529,7 +535,8 @@ class Guarantees(RuleBasedStateMachine):
             old = self.shadow[canon(slot)]
             if not torch.equal(self.raw(slot).detach(), old):
                 self.shadow[canon(slot)] = project_chain(self.refs[slot], old)
-        self.after_projection(sorted(self.covered))
+                repacked.append(slot)
+        self.after_projection(sorted(self.covered), also=repacked)
 
     # -------------------------------------------------------------- writes
     @rule(

@@ -47,6 +47,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrize import ParametrizationList
 
+from . import _plans
 from ._evaluate import evaluate
 from .base import Constraint
 
@@ -163,9 +164,11 @@ class _SharedMeta(type):
         if isinstance(value, property) and not isinstance(value, _Property):
             if getattr(value.fget, "__module__", None) == parametrize.__name__:
                 value = _Property.of(name)
+        _plans.changed()  # PyTorch's register_parametrization on a constrained module
         super().__setattr__(name, value)
 
     def __delattr__(cls, name: str) -> None:
+        _plans.changed()  # PyTorch's remove_parametrizations on a constrained module
         if isinstance(cls.__dict__.get(name), _Property):
             return  # remove_parametrizations on one module: others may still use it
         super().__delattr__(name)

@@ -18,11 +18,18 @@ What it costs, and why it is not the default:
   value taken before packing no longer follows the model (the model's own
   ``state_dict()`` returns copies of packed tensors while packed, so that no
   serializer takes them for tied tensors and drops all but one);
-* the object holds a plan, like an optimizer holds its parameter list. Each call
-  checks it by value (every tensor still views its slot, still carries the same
-  constraints, with the same attributes) and repacks when it has changed, but it
-  sees only the tensors that were constrained when it was made: after
-  constraining more tensors, call :meth:`PackedProjection.repack`.
+* the object holds a plan, as an optimizer holds its parameter list, and follows
+  its tensors as an optimizer does. Each call checks that every tensor still views
+  its slot (a ``.data`` rebinding, ``module.to()``, a storage freed in place) and
+  repacks if not. The rest of the plan (the same constraints, with the same
+  attributes, on the same tensors of the same modules) is compared by value on
+  the first call after this library is told of a change: a constraint's attribute
+  assigned, a constraint registered or removed (see :mod:`._plans`). That keeps
+  the per-call cost to one pointer read per tensor. Tensors constrained after
+  packing, and Parameters or modules replaced (``load_state_dict(assign=True)``,
+  ``setattr``, FSDP2's ``fully_shard``) need :meth:`PackedProjection.repack`, as
+  an optimizer would need rebuilding.
+  :meth:`PackedProjection.is_current` compares the whole plan at any time.
 
 Tensors that share a storage with another tensor (tied weights), that are not
 plain dense tensors (DTensors, strided views) or that are empty are never packed;
@@ -43,7 +50,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from . import _kernels, _records
+from . import _kernels, _plans, _records
 from .base import Constraint
 from .projection import Group, Target, groups, targets
 
@@ -51,9 +58,6 @@ __all__ = ["MAX_BUFFER_BYTES", "PackedProjection", "release"]
 
 MAX_BUFFER_BYTES = 256 * 2**20
 _ALIGN_BYTES = 64
-
-#: Live packed projections, weakly: ``unconstrain`` asks them to release a tensor.
-_live: weakref.WeakSet[PackedProjection] = weakref.WeakSet()
 
 
 class PackedProjection:
@@ -63,6 +67,13 @@ class PackedProjection:
     :func:`~torch_constraints.hard_project` (equal results, bit for bit), with one
     kernel per run of identically constrained packed tensors.
     :func:`~torch_constraints.project_after_step` accepts it in place of a module.
+
+    It follows its tensors as an optimizer follows its parameters: a rebound
+    ``.data``, ``module.to()``, a changed attribute of a constraint, a constraint
+    added to or removed from a packed tensor through this library are seen by the
+    next call (which repacks), and so is PyTorch's ``remove_parametrizations``.
+    Call :meth:`repack` after constraining more tensors, or after replacing
+    Parameters or modules (``load_state_dict(assign=True)``, ``setattr``).
 
     Args:
         module: the root of the module tree; its constrained tensors are packed now.
@@ -98,14 +109,20 @@ class PackedProjection:
         self._groups: list[Group] = []
         self._hooks: list[RemovableHandle] = []
         self._packed = False
+        self._recheck = False
         self._pack()
-        _live.add(self)
+        _plans.register(self)
 
     @torch.compiler.disable  # type: ignore[untyped-decorator]
     @torch.no_grad()
     def __call__(self) -> None:
-        """Project every covered tensor in place; (re)pack first if the plan has changed."""
-        if not self.is_current():
+        """Project every covered tensor in place; (re)pack first if the plan has changed.
+
+        Every call checks that each packed tensor still views its slot; the rest of the
+        plan is compared with the model (as :meth:`is_current` does) on the first call
+        after a change made through this library (see :class:`PackedProjection`).
+        """
+        if not self._follows_model():
             self.repack()
         for pack in self._packs:
             pack.project_()
@@ -113,10 +130,29 @@ class PackedProjection:
             group.project_(self.foreach)
 
     def is_current(self) -> bool:
-        """Whether packed, with every tensor in its slot and carrying the same constraints."""
+        """Whether packed, with every tensor in its slot and carrying the same constraints.
+
+        Compares the whole plan with the model, by identity and value: each tensor
+        is still held by the same module under the same name, with the same
+        constraints, whose attributes project as they did.
+        """
         return (
             self._packed and all(pack.intact() for pack in self._packs) and self._snapshot.matches()
         )
+
+    def invalidate(self) -> None:
+        """Compare the whole plan with the model on the next call (see :mod:`._plans`)."""
+        self._recheck = True
+
+    def _follows_model(self) -> bool:
+        """The check of every call: the tensors view their slots; the rest if told to."""
+        if not self._packed or not all(pack.intact() for pack in self._packs):
+            return False
+        if self._recheck:
+            if not self._snapshot.matches():
+                return False
+            self._recheck = False
+        return True
 
     def repack(self) -> None:
         """Unpack, then pack the tensors constrained now (after constraining more of them)."""
@@ -151,7 +187,7 @@ class PackedProjection:
                 by_group.setdefault((tensor.device, tensor.dtype), []).append(member)
             self._packs = [_Pack(group) for group in by_group.values()]
         self._snapshot = _Snapshot(found)
-        self._packed = True
+        self._packed, self._recheck = True, False
         self._groups = groups(loose)
         hook = _CopyPackedEntries(self)
         holders = {
@@ -167,8 +203,9 @@ class PackedProjection:
 
 def release(tensor: Tensor) -> None:
     """Unpack every live :class:`PackedProjection` that packed ``tensor``."""
-    for projection in list(_live):
-        projection.release(tensor)
+    for plan in _plans.live():
+        if isinstance(plan, PackedProjection):
+            plan.release(tensor)
 
 
 # ---------------------------------------------------------------------------- internals

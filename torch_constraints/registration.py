@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrize import ParametrizationList
 
-from . import _classes, _records, _state_hooks, _tied, packing, registry
+from . import _classes, _plans, _records, _state_hooks, _tied, packing, registry
 from .base import Constraint
 from .box import Box
 from .functional import Bound
@@ -528,6 +528,7 @@ def _try_on_current_value(
 def _register(
     module: nn.Module, tensor_name: str, constraint: Constraint, parametrized: bool
 ) -> None:
+    _plans.changed()  # live packed projections re-check their plans
     if not parametrized:
         raw = _raw_tensor(module, tensor_name)
         with torch.no_grad():
@@ -556,6 +557,7 @@ def _register(
 
 def _remove(slot: Slot, leave_constrained: bool) -> None:
     module, tensor_name = slot.module, slot.tensor_name
+    _plans.changed()
     raw = slot.raw()
     if raw is not None:
         packing.release(raw)  # frees a PackedProjection's buffer rather than keeping it alive
