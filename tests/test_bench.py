@@ -36,6 +36,7 @@ def test_the_benchmark_prints_every_row_and_writes_json(
     assert printed.startswith("torch-constraints benchmark | torch ")
     for row in [
         "blog recipe",
+        "WGAN loop",
         "foreach pair",
         "flat clamp_ (floor)",
         "copy (ceiling)",
