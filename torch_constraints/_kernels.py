@@ -39,6 +39,8 @@ def foreach_supported(device: torch.device, foreach: bool | None) -> bool:
 
 def clamp_(tensors: Sequence[Tensor], lo: float | None, hi: float | None, *, foreach: bool) -> None:
     """Clamp every tensor in place to ``[lo, hi]`` (one device and dtype)."""
+    if lo is None and hi is None:
+        return  # nothing to clamp (as project_box_ does; clamp_ would refuse it)
     if foreach and tensors:
         # nn.Parameter fails PyTorch's foreach support check and would silently take a
         # slow per-tensor path: work on detached aliases instead.
