@@ -52,8 +52,9 @@ def hard_project(module: nn.Module, *, foreach: bool | None = None) -> None:
     Args:
         module: the root of the module tree.
         foreach: use PyTorch's multi-tensor (foreach) kernels (``True``), a loop
-            over tensors (``False``), or foreach where the device has fast foreach
-            kernels (``None``). Default: ``None``.
+            over tensors (``False``), or the faster per device (``None``): foreach
+            where the device has fused foreach kernels (CUDA); on the CPU, foreach
+            for small tensors and the loop for large ones. Default: ``None``.
 
     Raises:
         TypeError: if ``module`` is not an ``nn.Module``.
