@@ -483,3 +483,21 @@ def test_the_fast_plan_groups_many_bounds_like_groups_of_targets(distinct: int) 
         constrain(layer, "weight", -1.0 - i % distinct, 1.0)
     assert len(_plan(model)) == distinct
     assert plan_fast(model) == plan_by_groups(model)
+
+
+class _Failing(Box):
+    def project_many_(self, xs: object, *, foreach: bool | None = None) -> None:
+        assert not torch.is_grad_enabled()
+        raise RuntimeError("failed")
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_hard_project_runs_without_autograd_and_restores_the_grad_mode(grad: bool) -> None:
+    layer = constrain(nn.Linear(3, 2), "weight", -1, 1)
+    failing = constrain(nn.Linear(3, 2), "weight", _Failing(-1, 1))
+    with torch.set_grad_enabled(grad):
+        hard_project(layer)
+        assert torch.is_grad_enabled() is grad
+        with pytest.raises(RuntimeError, match="failed"):
+            hard_project(failing)
+        assert torch.is_grad_enabled() is grad
