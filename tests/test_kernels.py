@@ -56,9 +56,10 @@ def bits(tensor: torch.Tensor) -> torch.Tensor:
 def _mixed(dtype: torch.dtype) -> list[torch.Tensor]:
     """Tensors on both sides of the CPU size split, some of them not contiguous."""
     generator = torch.Generator().manual_seed(0)
-    small = _kernels.CPU_SMALL_BYTES // torch.empty((), dtype=dtype).element_size()
+    size = torch.empty((), dtype=dtype).element_size()
+    small = min(_kernels.CPU_SMALL_NUMEL, _kernels.CPU_SMALL_BYTES // size)
     numels = [0, 1, 7, small - 1, small, small + 1, 3 * small, 5, 64, 2 * small]
-    numels += [small // 3] * 40  # many small ones: several chunks
+    numels += [small // 3] * (3 * _kernels.CPU_CHUNK_BYTES // size // (small // 3))  # 3 chunks
     tensors = [
         (torch.randn(n, generator=generator, dtype=torch.float64) * 3).to(dtype) for n in numels
     ]

@@ -39,12 +39,16 @@ def foreach_supported(device: torch.device, foreach: bool | None) -> bool:
     return foreach
 
 
-#: On the CPU, tensors of at most this many bytes are clamped by PyTorch's foreach
-#: pair (``_foreach_clamp_min_`` then ``_foreach_clamp_max_``), larger ones by one
-#: ``clamp_`` each. Below it a Python-level call costs more than the second pass
-#: over data the first pass just brought into cache; above it the second pass costs
-#: more, and ``clamp_`` is multithreaded from 32768 elements on.
+#: On the CPU, tensors of at most this many bytes and :data:`CPU_SMALL_NUMEL`
+#: elements are clamped by PyTorch's foreach pair (``_foreach_clamp_min_`` then
+#: ``_foreach_clamp_max_``), larger ones by one ``clamp_`` each. Below both a
+#: Python-level call costs more than the second pass over data the first pass just
+#: brought into cache; above either the second pass costs more (measured break-even:
+#: about 12k float32, 8k bfloat16 and 5k float64 elements), and ``clamp_`` is
+#: multithreaded from 32768 elements on.
 CPU_SMALL_BYTES = 2**15
+#: See :data:`CPU_SMALL_BYTES` (float16 and bfloat16 convert to float32 on each pass).
+CPU_SMALL_NUMEL = 2**13
 #: The foreach pair clamps the small tensors in chunks of about this many bytes, so
 #: that the second pass finds the chunk still in the (L2) cache.
 CPU_CHUNK_BYTES = 2**18
@@ -90,8 +94,9 @@ def _clamp_cpu_(tensors: Sequence[Tensor], lo: float | None, hi: float | None) -
     per-tensor path anyway; a ``detach()`` per tensor would cost more than it saves).
     Tensor subclasses other than ``nn.Parameter`` (DTensor) keep their own ``clamp_``.
     """
-    small_numel = CPU_SMALL_BYTES // tensors[0].element_size()
-    chunk_numel = CPU_CHUNK_BYTES // tensors[0].element_size()
+    size = tensors[0].element_size()
+    small_numel = min(CPU_SMALL_NUMEL, CPU_SMALL_BYTES // size)
+    chunk_numel = CPU_CHUNK_BYTES // size
     chunk: list[Tensor] = []
     numel = 0
     for t in tensors:
