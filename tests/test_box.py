@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from torch_constraints import Box, NonNeg, constrain
+from torch_constraints import Box, NonNeg, constrain, hard_project
 
 
 def test_projection_reference_values() -> None:
@@ -25,6 +25,14 @@ def test_infinite_bounds_are_one_sided() -> None:
     x = torch.tensor([-5.0, 5.0])
     assert Box(-math.inf, 1.0).project(x).tolist() == [-5.0, 1.0]
     assert Box(-math.inf, math.inf).project(x).tolist() == [-5.0, 5.0]
+
+
+@pytest.mark.parametrize("foreach", [None, True, False])
+def test_hard_project_leaves_an_unbounded_box_alone(foreach: bool | None) -> None:
+    layer = constrain(nn.Linear(3, 2), "weight", Box(-math.inf, math.inf))
+    before = layer.parametrizations.weight.original.detach().clone()
+    hard_project(layer, foreach=foreach)
+    assert torch.equal(layer.parametrizations.weight.original.detach(), before)
 
 
 def test_project_in_place_writes_into_the_tensor() -> None:

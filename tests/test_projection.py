@@ -30,6 +30,7 @@ from torch_constraints import (
     named_constraints,
     unconstrain,
 )
+from torch_constraints.projection import _plan, groups, targets
 from torch_constraints.registration import Slot, constrained_slots
 
 pytestmark = pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
@@ -398,3 +399,105 @@ def test_a_module_shared_under_two_names_is_projected_once() -> None:
     MinMaxNorm(1.0, 2.0, rate=0.5).project_(expected)
     hard_project(model)
     assert torch.equal(raw(shared).detach(), expected)
+
+
+# --------------------------------------------------------------------------- the fast plan
+def plan_by_groups(model: nn.Module) -> list[tuple[tuple[object, ...], list[int]]]:
+    return [(g.constraints, [id(t) for t in g.tensors]) for g in groups(targets(model))]
+
+
+def plan_fast(model: nn.Module) -> list[tuple[tuple[object, ...], list[int]]]:
+    return [(constraints, [id(t) for t in tensors]) for constraints, tensors in _plan(model)]
+
+
+class _Scale(nn.Module):
+    """Another library's parametrization."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * x
+
+
+@given(
+    layout=st.lists(
+        st.tuples(
+            st.sampled_from(
+                ["param", "record", "buffer", "other", "stacked", "tensor-bound", "container"]
+            ),
+            st.sampled_from([(-1.0, 1.0), (0.0, None), (-0.5, 0.5)]),
+            st.sampled_from([torch.float32, torch.float64]),
+            st.sampled_from(["new", "tie", "share"]),
+        ),
+        min_size=0,
+        max_size=12,
+    )
+)
+def test_the_fast_plan_equals_groups_of_targets(
+    layout: list[tuple[str, tuple[float, float | None], torch.dtype, str]],
+) -> None:
+    model = nn.ModuleList()
+    for kind, (lo, hi), dtype, link in layout:
+        layer = nn.Linear(2, 3, dtype=dtype)
+        if link == "tie" and len(model) and hasattr(model[-1], "in_features"):
+            previous = model[-1]
+            tied = (
+                previous.parametrizations.weight.original
+                if parametrize.is_parametrized(previous, "weight")
+                else previous.weight
+            )
+            if isinstance(tied, nn.Parameter) and tied.dtype == dtype and kind != "buffer":
+                layer.weight = tied
+        if link == "share" and len(model):
+            model.append(model[-1])
+            continue
+        if kind == "buffer":
+            weight = layer.weight.detach()
+            del layer.weight
+            layer.register_buffer("weight", weight)
+        if kind == "other":
+            parametrize.register_parametrization(layer, "weight", _Scale())
+            constrain(layer, "weight", lo, hi)  # acts on _Scale's output: not projected
+        elif kind == "stacked":
+            constrain(layer, "weight", lo, hi)
+            constrain(layer, "weight", NonNeg())
+        elif kind == "tensor-bound":
+            constrain(layer, "weight", torch.full((3, 1), -0.25), 0.25)
+        elif kind == "record":
+            constrain(layer, "weight", lo, hi, parametrize=False)
+            constrain(layer, "bias", Box(lo, hi), parametrize=False)
+        else:
+            constrain(layer, "weight", lo, hi)
+        if kind == "container":  # a module with both chains and children
+            container = nn.Sequential(layer)
+            container.register_parameter("scale", nn.Parameter(torch.ones(3, dtype=dtype)))
+            constrain(container, "scale", lo, hi)
+            model.append(container)
+            continue
+        model.append(layer)
+    assert plan_fast(model) == plan_by_groups(model)
+
+
+@pytest.mark.parametrize("distinct", [1, 3, 12])
+def test_the_fast_plan_groups_many_bounds_like_groups_of_targets(distinct: int) -> None:
+    model = nn.ModuleList(nn.Linear(2, 2) for _ in range(24))
+    for i, layer in enumerate(model):
+        constrain(layer, "weight", -1.0 - i % distinct, 1.0)
+    assert len(_plan(model)) == distinct
+    assert plan_fast(model) == plan_by_groups(model)
+
+
+class _Failing(Box):
+    def project_many_(self, xs: object, *, foreach: bool | None = None) -> None:
+        assert not torch.is_grad_enabled()
+        raise RuntimeError("failed")
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_hard_project_runs_without_autograd_and_restores_the_grad_mode(grad: bool) -> None:
+    layer = constrain(nn.Linear(3, 2), "weight", -1, 1)
+    failing = constrain(nn.Linear(3, 2), "weight", _Failing(-1, 1))
+    with torch.set_grad_enabled(grad):
+        hard_project(layer)
+        assert torch.is_grad_enabled() is grad
+        with pytest.raises(RuntimeError, match="failed"):
+            hard_project(failing)
+        assert torch.is_grad_enabled() is grad

@@ -74,7 +74,7 @@ class Box(Constraint):
             return
         lo, hi = box_bounds(xs[0], self.min, self.max)
         assert not isinstance(lo, Tensor) and not isinstance(hi, Tensor)
-        _kernels.clamp_(xs, lo, hi, foreach=_kernels.foreach_supported(xs[0].device, foreach))
+        _kernels.clamp_(xs, lo, hi, foreach=foreach)
 
     def check(self, x: Tensor, where: str) -> None:
         super().check(x, where)
