@@ -6,6 +6,7 @@ release that moves one of them breaks one file, and the fallback keeps working.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import torch
@@ -40,6 +41,8 @@ def foreach_supported(device: torch.device, foreach: bool | None) -> bool:
 def clamp_(tensors: Sequence[Tensor], lo: float | None, hi: float | None, *, foreach: bool) -> None:
     """Clamp every tensor in place to ``[lo, hi]`` (one device and dtype)."""
     if foreach and tensors:
+        if _triton_clamp_(tensors, lo, hi):
+            return
         # nn.Parameter fails PyTorch's foreach support check and would silently take a
         # slow per-tensor path: work on detached aliases instead.
         detached = [t.detach() for t in tensors]
@@ -50,6 +53,17 @@ def clamp_(tensors: Sequence[Tensor], lo: float | None, hi: float | None, *, for
         return
     for t in tensors:
         t.clamp_(lo, hi)
+
+
+def _triton_clamp_(tensors: Sequence[Tensor], lo: float | None, hi: float | None) -> bool:
+    """The single-pass Triton kernel (:mod:`._triton`), where it may apply: on CUDA, or
+    on the CPU under Triton's interpreter (``TRITON_INTERPRET=1``, for tests)."""
+    device = tensors[0].device.type
+    if device != "cuda" and not (device == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
+        return False
+    from . import _triton  # imports Triton where it is installed: here, on first use
+
+    return _triton.clamp_(tensors, lo, hi)
 
 
 def data_ptrs(tensors: Sequence[Tensor]) -> list[int]:
