@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import subprocess
@@ -51,6 +52,8 @@ def compile_for_nvidia(dtype: torch.dtype, *, aligned: bool, capability: int) ->
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    if "constexprs" not in inspect.signature(ASTSource).parameters:
+        pytest.skip("an older Triton: ASTSource takes the constants otherwise")
     form = _triton._FORMATS[dtype]
     constants = {
         "ELEM": _triton._ELEM[form.int_type],
