@@ -89,6 +89,33 @@ def test_the_kernel_compiles_for_nvidia_gpus(
     assert "ld.global.v" not in unaligned
 
 
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or _triton.INTERPRETED, reason="needs a CUDA device"
+)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64], ids=str)
+def test_the_kernel_on_cuda_is_torch_clamp_bit_for_bit(dtype: torch.dtype) -> None:
+    int_type = _triton._FORMATS[dtype].int_type
+    width = 8 * torch.empty((), dtype=int_type).element_size()
+    generator = torch.Generator().manual_seed(0)
+    sizes = [0, 1, 5, 1023, 1024, 1025, 70001]
+    low, high = -(1 << (width - 1)), (1 << (width - 1)) - 1
+    for lo, hi in [(-1.0, 2.0), (0.0, None), (None, -0.0), (-0.0, 0.0), (0.0, 0.0)]:
+        tensors = [
+            torch.randint(low, high, (n,), generator=generator).to(int_type).view(dtype).cuda()
+            for n in sizes
+        ]
+        for t in tensors[1:]:
+            t[:4] = torch.tensor([0.0, -0.0, float("inf"), float("nan")], dtype=dtype)[: t.numel()]
+        before = [t.clone() for t in tensors]
+        expected = [t.clone().clamp_(lo, hi) for t in tensors]
+        assert _triton.clamp_(tensors, lo, hi)
+        for got, old, want in zip(tensors, before, expected, strict=True):
+            nan = want.isnan()
+            assert torch.equal(got.isnan(), nan)
+            assert torch.equal(got.view(int_type)[~nan], want.view(int_type)[~nan])
+            assert torch.equal(got.view(int_type)[nan], old.view(int_type)[nan])
+
+
 def test_cpu_tensors_never_take_the_kernel_without_the_interpreter(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -340,3 +340,25 @@ def test_where_it_does_not_apply_nothing_is_touched(case: str) -> None:
     before = [a.clone(), b.clone()]
     assert not _triton.clamp_([a, b], lo, hi)
     assert torch.equal(a, before[0]) and torch.equal(b, before[1])
+
+
+def test_a_failing_launch_warns_once_and_hands_over_to_pytorch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Broken:
+        def __getitem__(self, grid: object) -> Callable[..., None]:
+            def launch(*args: object, **kwargs: object) -> None:
+                raise RuntimeError("no compiler here")
+
+            return launch
+
+    monkeypatch.setattr(_triton, "multi_tensor_clamp", Broken())
+    monkeypatch.setattr(_triton, "_failed", False)
+    params = [nn.Parameter(torch.tensor([-2.0, 0.5, 2.0]))]
+    versions = params[0]._version
+    with pytest.warns(RuntimeWarning, match="no compiler here"):
+        assert not _triton.clamp_(params, -1.0, 1.0)
+    assert params[0]._version == versions
+    assert not _triton._usable(torch.device("cpu"))
+    _kernels.clamp_(params, -1.0, 1.0, foreach=True)  # the foreach pair, without a warning
+    assert params[0].tolist() == [-1.0, 0.5, 1.0]

@@ -70,7 +70,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import operator
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -105,6 +107,7 @@ _FORMATS = {
     torch.float64: _Format(torch.int64, 64, 0x7FF0000000000000),
 }
 _PLAIN = frozenset({Tensor, nn.Parameter})
+_DTYPE = operator.attrgetter("dtype")
 
 
 try:
@@ -200,11 +203,14 @@ if HAVE_TRITON:
     INTERPRETED = not isinstance(multi_tensor_clamp, triton.runtime.JITFunction)
 
 
+#: Set when a launch raised (Triton could not compile or launch the kernel here): every
+#: call then takes PyTorch's fallback, with one warning.
+_failed = False
+
+
 def _usable(device: torch.device) -> bool:
     """Whether the kernel runs on ``device``: CUDA, or the CPU under Triton's interpreter."""
-    if os.environ.get(ENV) == "0":
-        return False
-    if not HAVE_TRITON:
+    if os.environ.get(ENV) == "0" or not HAVE_TRITON or _failed:
         return False
     return device.type == ("cpu" if INTERPRETED else "cuda")
 
@@ -290,39 +296,61 @@ class Plan:
         if ties is None:
             return False
         form = _FORMATS[self.dtype]
-        lo_bits, hi_bits = (
-            torch.tensor([0.0 if lo is None else lo, 0.0 if hi is None else hi], dtype=self.dtype)
-            .view(form.int_type)
-            .tolist()
-        )
-        magnitude = form.magnitude
-        lo_tie = None if lo is None or lo_bits & magnitude else ties["lo", lo_bits < 0]
-        hi_tie = None if hi is None or hi_bits & magnitude else ties["hi", hi_bits < 0]
-        programs = self.rows.shape[0]
-        if programs:
+        both = [0.0 if lo is None else lo, 0.0 if hi is None else hi]
+        lo_bits, hi_bits = torch.tensor(both, dtype=self.dtype).view(form.int_type).tolist()
+        lo_tie = hi_tie = None
+        if lo is not None and not lo_bits & form.magnitude:  # a zero
+            lo_tie = ties["lo", lo_bits < 0]
+        if hi is not None and not hi_bits & form.magnitude:
+            hi_tie = ties["hi", hi_bits < 0]
+        if self.rows.shape[0]:
             guard = torch.cuda.device(self.device) if self.device.type == "cuda" else None
-            with guard or contextlib.nullcontext():
-                multi_tensor_clamp[(programs,)](
-                    self.rows,
-                    lo_bits,
-                    hi_bits,
-                    0 if lo_tie is None else lo_tie,
-                    0 if hi_tie is None else hi_tie,
-                    ELEM=_ELEM[form.int_type],
-                    M=magnitude,
-                    INF=form.inf,
-                    HAS_LO=lo is not None,
-                    HAS_HI=hi is not None,
-                    LO_TIE=lo_tie is not None,
-                    HI_TIE=hi_tie is not None,
-                    BLOCK=self.block,
-                    ALIGNED=self.aligned,
-                    num_warps=self.num_warps,
-                    enable_fp_fusion=False,
+            try:
+                with guard or contextlib.nullcontext():
+                    self._launch(
+                        None if lo is None else lo_bits,
+                        None if hi is None else hi_bits,
+                        lo_tie,
+                        hi_tie,
+                    )
+            except Exception as error:  # Triton could not compile or launch it here
+                # The fallback clamps again: the same result after a partial write too.
+                global _failed
+                _failed = True
+                warnings.warn(
+                    f"torch_constraints: Triton's clamp kernel failed ({error!r}); PyTorch's "
+                    f"kernels clamp from now on",
+                    RuntimeWarning,
+                    stacklevel=2,
                 )
+                return False
         # As an in-place PyTorch op would: autograd then refuses stale saved tensors.
         torch.autograd.graph.increment_version(self.tensors)
         return True
+
+    def _launch(
+        self, lo: int | None, hi: int | None, lo_tie: int | None, hi_tie: int | None
+    ) -> None:
+        """One launch; the bounds and the zeros written on ties as bits (``None``: none)."""
+        form = _FORMATS[self.dtype]
+        multi_tensor_clamp[(self.rows.shape[0],)](
+            self.rows,
+            0 if lo is None else lo,
+            0 if hi is None else hi,
+            0 if lo_tie is None else lo_tie,
+            0 if hi_tie is None else hi_tie,
+            ELEM=_ELEM[form.int_type],
+            M=form.magnitude,
+            INF=form.inf,
+            HAS_LO=lo is not None,
+            HAS_HI=hi is not None,
+            LO_TIE=lo_tie is not None,
+            HI_TIE=hi_tie is not None,
+            BLOCK=self.block,
+            ALIGNED=self.aligned,
+            num_warps=self.num_warps,
+            enable_fp_fusion=False,
+        )
 
 
 def prepare(
@@ -349,7 +377,7 @@ def prepare(
         return None
     if not (
         set(map(type, tensors)) <= _PLAIN
-        and set(map(_dtype, tensors)) == {dtype}
+        and set(map(_DTYPE, tensors)) == {dtype}
         and set(map(Tensor.get_device, tensors)) == {first.get_device()}
         and all(map(Tensor.is_contiguous, tensors))
     ):
@@ -372,10 +400,6 @@ def prepare(
     if device.type == "cuda":
         rows = rows.pin_memory().to(device, non_blocking=True)
     return Plan(tensors, rows, dtype, device, block, aligned, num_warps)
-
-
-def _dtype(t: Tensor) -> torch.dtype:
-    return t.dtype
 
 
 def _supported(lo: float | None, hi: float | None) -> bool:
