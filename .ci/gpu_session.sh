@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # One device session on a machine with a CUDA GPU and PyTorch preinstalled (no network):
-#   bash .ci/gpu_session.sh OUT_DIR            # about 6 minutes on an H100
+#   bash .ci/gpu_session.sh OUT_DIR            # about 7 minutes on an H100
 #   GPU_SESSION_TESTS=0 bash .ci/gpu_session.sh OUT_DIR    # without the test suite (-2 min)
 # 0. .ci/gpu_probe.py: per-call CPU-side costs (Python, a kernel launch, a weight read);
 # 1. .ci/gpu_check.py: the CUDA paths against the reference, then the benchmark on CUDA
 #    (float32 and bfloat16), with JSON and a log in OUT_DIR;
+#    .ci/gpu_triton.py: the multi-tensor Triton clamp bit for bit against torch.clamp,
+#    then timed against the foreach pair (5000 x (64, 64), GPT-2-medium; about 1 min);
 # 2. the training part of the benchmark again, compiled with CUDA graphs;
 # 3. the test suite on that machine, CUDA-only tests included (the docs and demo
 #    tests need packages GPU images may lack, and run in CI).
@@ -17,6 +19,8 @@ python3 -c 'import torch, platform; print("torch", torch.__version__, "python", 
 python3 .ci/gpu_probe.py
 timeout 330 python3 .ci/gpu_check.py --out "$out" 2>&1 | tee "$out/gpu_check.log"
 check=${PIPESTATUS[0]}
+timeout 240 python3 .ci/gpu_triton.py --out "$out" 2>&1 | tee "$out/gpu_triton.log"
+kernel=${PIPESTATUS[0]}
 timeout 150 python3 -m torch_constraints.bench --device cuda --skip-projection \
     --compile reduce-overhead --rounds 30 --json "$out/bench-cuda-compiled.json" 2>&1 |
     grep -v -i warn | tee "$out/bench-compiled.log"
@@ -28,5 +32,5 @@ if [ "${GPU_SESSION_TESTS:-1}" != 0 ]; then
     tests=$?
     tail -n 25 "$out/pytest.log"
 fi
-echo "gpu_check exit $check, pytest exit $tests"
-[ "$check" -eq 0 ] && [ "$tests" -eq 0 ]
+echo "gpu_check exit $check, gpu_triton exit $kernel, pytest exit $tests"
+[ "$check" -eq 0 ] && [ "$kernel" -eq 0 ] && [ "$tests" -eq 0 ]

@@ -6,6 +6,7 @@ release that moves one of them breaks one file, and the fallback keeps working.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import torch
@@ -73,6 +74,8 @@ def clamp_(
             return
         foreach = foreach_supported(device, None)
     if foreach:
+        if _triton_clamp_(tensors, lo, hi):
+            return
         # nn.Parameter fails PyTorch's foreach support check and would silently take a
         # slow per-tensor path: work on detached aliases instead.
         detached = [t.detach() for t in tensors]
@@ -119,6 +122,17 @@ def _foreach_pair_(tensors: list[Tensor], lo: float | None, hi: float | None) ->
         torch._foreach_clamp_min_(tensors, lo)
     if hi is not None:
         torch._foreach_clamp_max_(tensors, hi)
+
+
+def _triton_clamp_(tensors: Sequence[Tensor], lo: float | None, hi: float | None) -> bool:
+    """The single-pass Triton kernel (:mod:`._triton`), where it may apply: on CUDA, or
+    on the CPU under Triton's interpreter (``TRITON_INTERPRET=1``, for tests)."""
+    device = tensors[0].device.type
+    if device != "cuda" and not (device == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
+        return False
+    from . import _triton  # imports Triton where it is installed: here, on first use
+
+    return _triton.clamp_(tensors, lo, hi)
 
 
 def data_ptrs(tensors: Sequence[Tensor]) -> list[int]:
