@@ -100,3 +100,19 @@ def test_the_matrix_rows(
     (matrix,) = json.loads(out.read_text())["matrix"]
     assert matrix["parameter_set"] == "small-matrices" and matrix["tensors"] == 4
     assert len(matrix["checks"]) == len(bench.MATRIX_TARGETS)
+
+
+def test_the_gpu_checks_of_many_small_tensors_judge_both_paths() -> None:
+    medians = {
+        "hard_project": 2.0,
+        "PackedProjection": 0.25,
+        "flat clamp_ (floor)": 0.1,
+        "clamp_ loop": 8.0,
+        "foreach pair": 1.0,
+    }
+    checks = bench._projection_checks("small-5000", "cuda", medians, copy_gbps=1.0, nbytes=1)
+    assert checks == [
+        "MISS hard_project vs the best hand-written loop: 2.00 (target <= 1)",
+        "MISS 4x faster than the foreach pair: 0.50 (target >= 4)",
+        "ok   PackedProjection 4x faster than the foreach pair: 4.00 (target >= 4)",
+    ]
