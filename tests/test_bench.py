@@ -41,6 +41,7 @@ def test_the_benchmark_prints_every_row_and_writes_json(
         "flat clamp_ (floor)",
         "copy (ceiling)",
         "hard_project",
+        "  parametrize=False",
         "PackedProjection",
     ]:
         assert row in printed

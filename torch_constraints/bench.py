@@ -11,7 +11,9 @@ Two parts, each run in one process with every candidate measured side by side
    the tensors made in advance, one ``clamp_`` over a
    single flat tensor of the same size (the floor), a copy of the same bytes (the
    bandwidth ceiling), :func:`~torch_constraints.hard_project` (the default: no
-   storage changes, the model read afresh on every call) and the explicit opt-in
+   storage changes, the model read afresh on every call; on parametrized tensors,
+   and on the same tensors constrained with ``parametrize=False``, whose module
+   tree is the plain model's) and the explicit opt-in
    :class:`~torch_constraints.PackedProjection`.
 2. **Training steps** (forward + backward + SGD) of an MLP with every weight
    constrained, against the same MLP unconstrained: ``parametrize=False`` with
@@ -211,6 +213,8 @@ def bench_projection(name: str, device: str, dtype: torch.dtype, rounds: int) ->
     plain = parameter_set(name, device, dtype)
     constrained = parameter_set(name, device, dtype)
     constrain_all(constrained, LOW, HIGH)
+    recorded = parameter_set(name, device, dtype)
+    constrain_all(recorded, LOW, HIGH, parametrize=False)
     normed = parameter_set(name, device, dtype)
     constrain_all(normed, MaxNorm(NORM))
     norm_tensors = [p.detach() for p in parameter_set(name, device, dtype).parameters()]
@@ -253,6 +257,7 @@ def bench_projection(name: str, device: str, dtype: torch.dtype, rounds: int) ->
                 "clamp_ loop": loop,
                 "foreach pair": foreach_pair,
                 "hard_project": lambda: hard_project(constrained),
+                "  parametrize=False": lambda: hard_project(recorded),
                 "PackedProjection": packed,
                 "MaxNorm loop": max_norm_loop,
                 "hard_project MaxNorm": lambda: hard_project(normed),
