@@ -1,4 +1,4 @@
-"""The private PyTorch calls in ``_kernels``: still there, and each path equal to the plain one."""
+"""The multi-tensor kernels: each path equal to the plain one, Parameters kept."""
 
 from __future__ import annotations
 
@@ -7,15 +7,6 @@ import torch
 from torch import nn
 
 from torch_constraints import _kernels
-
-
-def test_the_private_pytorch_apis_we_use_still_exist() -> None:
-    # A PyTorch release that moves one of them must fail here, not silently slow down.
-    from torch.utils._foreach_utils import _get_foreach_kernels_supported_devices
-
-    assert "cuda" in _get_foreach_kernels_supported_devices()
-    assert hasattr(torch, "_foreach_clamp_min_") and hasattr(torch, "_foreach_clamp_max_")
-    assert hasattr(torch, "_foreach_copy_")
 
 
 def test_foreach_is_for_devices_with_fused_kernels_unless_asked() -> None:
@@ -104,25 +95,3 @@ def test_the_cpu_default_leaves_tensor_subclasses_to_their_own_clamp() -> None:
         _kernels.clamp_([plain, logged], -1.0, 1.0, foreach=None)
     assert "clamp_" in calls and not any(name.startswith("_foreach") for name in calls)
     assert torch.equal(plain, torch.ones(3)) and torch.equal(torch.Tensor(logged), torch.ones(3))
-
-
-def test_the_triton_module_imports_and_stands_aside_without_triton(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import importlib.util
-    import sys
-
-    from torch_constraints import _triton
-
-    monkeypatch.setitem(sys.modules, "triton", None)  # import triton now raises ImportError
-    monkeypatch.setitem(sys.modules, "triton.language", None)
-    spec = importlib.util.spec_from_file_location("_triton_without_triton", _triton.__file__)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
-    assert not module.HAVE_TRITON
-    assert not module._usable(torch.device("cuda")) and not module._usable(torch.device("cpu"))
-    x = torch.tensor([-2.0, 2.0])
-    assert not module.clamp_([x], -1.0, 1.0)
-    assert x.tolist() == [-2.0, 2.0]
