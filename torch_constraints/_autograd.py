@@ -1,22 +1,20 @@
-"""Autograd functions with gradients this library pins down itself.
+"""Two autograd functions whose gradients this library pins down itself.
 
-``torch.clamp``'s gradient exactly at a bound has changed across PyTorch
-releases, and ``x + (clamp(x) - x).detach()`` is not exactly ``clamp(x)`` in
-floating point. These functions fix both the value and the gradient:
+* :func:`clamp` returns ``torch.clamp(x, lo, hi)`` with the gradient passed
+  wherever the value was not moved, bounds included (``lo <= x <= hi``), and zero
+  where it was clipped: a weight sitting exactly on a bound after ``hard_project``
+  still receives gradient, including the part pointing back inside. That is
+  ``torch.clamp``'s own gradient; its backward, though, takes four passes over
+  memory (two comparisons, an ``and``, a ``where``), where ``hardtanh_backward``
+  with the bounds' outer neighbours takes one. On large tensors that pays for the
+  Python cost of an autograd ``Function`` (the training rows of the benchmark); on
+  small ones it does not, and :func:`clamp` calls ``torch.clamp`` itself.
+* :func:`straight_through` returns a value computed elsewhere (the projection) with
+  the gradient of the identity, so raw weights outside the set keep moving.
+  ``x + (value - x).detach()`` would not be exactly ``value`` in floating point.
 
-* :func:`clamp` returns ``clamp(x, lo, hi)`` and passes the gradient wherever
-  the value was not moved, bounds included (``lo <= x <= hi``), and zero where
-  it was clipped. A weight sitting exactly on a bound after ``hard_project`` thus
-  still receives gradient, including the part pointing back inside.
-* :func:`straight_through` returns a value computed elsewhere (the projection)
-  with the gradient of the identity, so raw weights outside the set keep moving.
-
-Each comes in two forms with the same math. ``Function.apply`` binds the
-arguments with ``inspect.signature`` on every call when a Function defines
-``setup_context``, which costs more than the clamp itself on small or GPU
-tensors; eager calls therefore use the classic form (``forward(ctx, ...)``),
-and only functorch transforms (``torch.func.grad``, ``vmap``), which require
-``setup_context``, use the other.
+Both define ``setup_context`` and a vmap rule, so they work under ``torch.func``
+transforms and ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -29,75 +27,38 @@ from torch.autograd import Function
 
 from ._rounding import just_outside
 
-__all__ = ["clamp", "straight_through"]
+__all__ = ["FUSED_BACKWARD_NUMEL", "clamp", "straight_through"]
 
-Bound = float | Tensor | None
+#: From this many elements on, :func:`clamp` runs its one-pass backward.
+FUSED_BACKWARD_NUMEL = 1 << 15
 
 
-# ----------------------------------------------------------------------------- clamp
-def _clamp_save(ctx: Any, x: Tensor, lo: Bound, hi: Bound, output: Tensor) -> None:
-    if isinstance(lo, Tensor) or isinstance(hi, Tensor):
-        ctx.save_for_backward(x, output)
-        ctx.open_bounds = None
-    else:
-        # hardtanh_backward zeroes the gradient where x <= lo' or x >= hi', in one
-        # pass; with lo' and hi' the neighbours just outside [lo, hi] in x's dtype,
-        # that is exactly "outside [lo, hi]".
+class _Clamp(Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor, lo: float | None, hi: float | None) -> Tensor:
+        return torch.clamp(x, lo, hi)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        x, lo, hi = inputs
         ctx.save_for_backward(x)
+        # hardtanh_backward zeroes the gradient where x <= lo' or x >= hi'; with lo'
+        # and hi' the neighbours just outside [lo, hi] in x's dtype, that is exactly
+        # "outside [lo, hi]".
         ctx.open_bounds = (
             just_outside(lo, x.dtype, below=True),
             just_outside(hi, x.dtype, below=False),
         )
 
-
-def _clamp_backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
-    if ctx.open_bounds is None:
-        x, y = ctx.saved_tensors
-        return torch.where(x == y, grad, 0.0), None, None
-    (x,) = ctx.saved_tensors
-    lo, hi = ctx.open_bounds
-    return torch.ops.aten.hardtanh_backward(grad, x, lo, hi), None, None
-
-
-class _Clamp(Function):
     @staticmethod
-    def forward(ctx: Any, x: Tensor, lo: Bound, hi: Bound) -> Tensor:
-        output = _plain_clamp(x, lo, hi)
-        _clamp_save(ctx, x, lo, hi, output)
-        return output
-
-    backward = staticmethod(_clamp_backward)
-
-
-class _ClampForTransforms(Function):
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x: Tensor, lo: Bound, hi: Bound) -> Tensor:
-        return _plain_clamp(x, lo, hi)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-        x, lo, hi = inputs
-        _clamp_save(ctx, x, lo, hi, output)
-
-    backward = staticmethod(_clamp_backward)
-
-
-# ----------------------------------------------------------------------------- straight-through
-def _identity_backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-    return grad, None
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        (x,) = ctx.saved_tensors
+        return torch.ops.aten.hardtanh_backward(grad, x, *ctx.open_bounds), None, None
 
 
 class _StraightThrough(Function):
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, value: Tensor) -> Tensor:
-        return value
-
-    backward = staticmethod(_identity_backward)
-
-
-class _StraightThroughForTransforms(Function):
     generate_vmap_rule = True
 
     @staticmethod
@@ -108,35 +69,31 @@ class _StraightThroughForTransforms(Function):
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
         pass
 
-    backward = staticmethod(_identity_backward)
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return grad, None
 
 
-# ----------------------------------------------------------------------------- entry points
-def _plain_clamp(x: Tensor, lo: Bound, hi: Bound) -> Tensor:
-    return torch.clamp(x, lo, hi)  # type: ignore[arg-type]  # the stubs reject number | Tensor
+def clamp(x: Tensor, lo: Any, hi: Any) -> Tensor:
+    """Clamp ``x`` to ``[lo, hi]``; gradient 1 where ``lo <= x <= hi``, else 0.
 
-
-def _transforms_active() -> bool:
-    return bool(torch._C._are_functorch_transforms_active())
-
-
-def clamp(x: Tensor, lo: Bound, hi: Bound) -> Tensor:
-    """Clamp ``x`` to ``[lo, hi]``; gradient 1 where ``lo <= x <= hi``, else 0."""
-    if _transforms_active():
-        out: Tensor = _ClampForTransforms.apply(x, lo, hi)  # type: ignore[no-untyped-call]
+    ``lo`` and ``hi`` are numbers or ``None``, or tensors broadcastable to ``x``.
+    """
+    if (
+        x.requires_grad
+        and x.numel() >= FUSED_BACKWARD_NUMEL
+        and torch.is_grad_enabled()
+        and not isinstance(lo, Tensor)
+        and not isinstance(hi, Tensor)
+    ):
+        out: Tensor = _Clamp.apply(x, lo, hi)  # type: ignore[no-untyped-call]
         return out
-    if not torch.is_grad_enabled() or not x.requires_grad:
-        return _plain_clamp(x, lo, hi)
-    out = _Clamp.apply(x, lo, hi)  # type: ignore[no-untyped-call]
-    return out
+    return torch.clamp(x, lo, hi)
 
 
 def straight_through(x: Tensor, value: Tensor) -> Tensor:
     """Return ``value`` (computed without autograd) with the gradient of the identity in ``x``."""
-    if _transforms_active():
-        out: Tensor = _StraightThroughForTransforms.apply(x, value)  # type: ignore[no-untyped-call]
-        return out
-    if not torch.is_grad_enabled() or not x.requires_grad:
+    if not (torch.is_grad_enabled() and x.requires_grad):
         return value
-    out = _StraightThrough.apply(x, value)  # type: ignore[no-untyped-call]
+    out: Tensor = _StraightThrough.apply(x, value)  # type: ignore[no-untyped-call]
     return out

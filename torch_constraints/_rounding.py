@@ -18,17 +18,17 @@ from typing import Any, TypeVar, cast
 import torch
 from torch import Tensor
 
-__all__ = ["inward_scalar", "inward_tensor", "just_outside"]
+__all__ = ["constant_for_compile", "inward_scalar", "inward_tensor", "just_outside"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _constant_for_compile(fn: F) -> F:
+def constant_for_compile(fn: F) -> F:
     """Let ``torch.compile`` call ``fn`` while tracing and use its result as a constant."""
     return cast(F, torch.compiler.assume_constant_result(fn))  # type: ignore[no-untyped-call]
 
 
-@_constant_for_compile
+@constant_for_compile
 def inward_scalar(value: float, dtype: torch.dtype, *, lower: bool) -> float:
     """Return the representable value of ``dtype`` nearest ``value`` on the feasible side.
 
@@ -64,7 +64,7 @@ def inward_tensor(bound: Tensor, dtype: torch.dtype, *, lower: bool) -> Tensor:
     return torch.where(outside, torch.nextafter(rounded, toward), rounded)
 
 
-@_constant_for_compile
+@constant_for_compile
 def just_outside(value: float | None, dtype: torch.dtype, *, below: bool) -> float:
     """Return the neighbour of ``value`` in ``dtype`` just below or above it (None: unbounded).
 

@@ -29,7 +29,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import Tensor, nn
 
-from . import _kernels, _plans
+from . import _kernels
 from ._autograd import straight_through
 
 __all__ = ["Constraint"]
@@ -77,8 +77,7 @@ class Constraint(nn.Module):
         ``Box``'s in-place clamp or its multi-tensor clamp, which would compute
         ``Box``'s projection, not the subclass's; nor its ``elementwise`` flag. Each
         such method the subclass does not define itself reverts to the generic
-        version, derived from ``project``. (Fusion keys include the class, so a
-        subclass is never grouped with its parent.)
+        version, derived from ``project``.
         """
         super().__init_subclass__(**kwargs)
         own = cls.__dict__
@@ -97,20 +96,6 @@ class Constraint(nn.Module):
         super().__init__()
         self.straight_through = False
         self._event_ndim: int | None = None
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        """Set an attribute, and tell live packed projections to re-read this constraint.
-
-        A constraint's attributes are live: ``box.max = 0.05`` takes effect at the next
-        forward pass and the next projection, for this tensor alone. ``hard_project``
-        reads them on every call anyway; a
-        :class:`~torch_constraints.PackedProjection` re-checks its plan on its next
-        call. ``training`` (set on every module by ``model.train()``) is not one of
-        the values a projection reads.
-        """
-        super().__setattr__(name, value)
-        if name != "training":
-            _plans.changed()
 
     # ------------------------------------------------------------------ to override
     def project(self, x: Tensor) -> Tensor:

@@ -12,7 +12,7 @@ from torch import Tensor
 from . import _kernels, _validation
 from ._rounding import inward_tensor
 from .base import Constraint
-from .functional import Bound, box_bounds, project_box, project_box_
+from .functional import Bound, box_bounds, project_box, project_box_, refuse_out_of_range
 
 __all__ = ["Box", "NonNeg"]
 
@@ -59,6 +59,21 @@ class Box(Constraint):
         _set_bound(self, "max", _validated(max, "max", forbidden=-math.inf))
         _check_ordered(self.min, self.max)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Set an attribute; a new number bound is checked first, as the constructor does.
+
+        ``box.max = 0.05`` takes effect at the next forward pass and projection. A bound
+        that is not a real number or is NaN raises and changes nothing. Bounds that
+        cross (``min > max``), or one beyond the range of the constrained tensor's
+        dtype, raise at the next forward pass or projection, naming the tensor, which
+        they leave untouched: the two bounds can be changed one after the other.
+        """
+        if name in ("min", "max") and not isinstance(value, Tensor):
+            value = _validated(value, name, forbidden=math.inf if name == "min" else -math.inf)
+            if value is None and (self.max if name == "min" else self.min) is None:
+                raise ValueError("Box needs at least one bound, got min=None and max=None")
+        super().__setattr__(name, value)
+
     def project(self, x: Tensor) -> Tensor:
         return project_box(x, self.min, self.max)
 
@@ -81,17 +96,18 @@ class Box(Constraint):
         self._check_shapes(x, where)
         if x.device.type == "meta":
             return  # no values to compare
-        lo, hi = box_bounds(torch.empty((), dtype=x.dtype, device=x.device), self.min, self.max)
-        for name, rounded, side in (("min", lo, math.inf), ("max", hi, -math.inf)):
-            if rounded is not None and bool(torch.as_tensor(rounded == side).any()):
-                info = torch.finfo(x.dtype)
-                limit = f"above the largest finite {x.dtype} value ({info.max:g})"
-                if side < 0:
-                    limit = f"below the lowest finite {x.dtype} value ({info.min:g})"
-                raise ValueError(
-                    f"{where}: {name}={_short(getattr(self, name))} is {limit}: the "
-                    f"constrained elements would all become {side}"
-                )
+        probe = torch.empty((), dtype=x.dtype, device=x.device)
+        try:
+            lo, hi = box_bounds(probe, self.min, self.max)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
+        for name, rounded, bound in (("min", lo, self.min), ("max", hi, self.max)):
+            if isinstance(rounded, Tensor) and isinstance(bound, Tensor):
+                if bool((rounded.isinf() & bound.isfinite()).any()):
+                    try:
+                        refuse_out_of_range(name, bound, x.dtype)
+                    except ValueError as error:
+                        raise ValueError(f"{where}: {error}") from None
         if lo is not None and hi is not None and bool(torch.as_tensor(lo > hi).any()):
             raise ValueError(
                 f"{where}: no {x.dtype} value lies in [min, max] (the range is narrower than "
@@ -245,10 +261,11 @@ def _short(bound: Bound) -> str:
 
 
 def _set_bound(box: Box, name: str, value: Bound) -> None:
+    """Store a validated bound: a tensor as a buffer, anything else as an attribute."""
     if isinstance(value, Tensor):
         box.register_buffer(name, value)
     else:
-        setattr(box, name, value)
+        Constraint.__setattr__(box, name, value)  # type: ignore[arg-type]  # validated: skip Box's
 
 
 def _check_ordered(lo: Bound, hi: Bound) -> None:

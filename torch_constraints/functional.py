@@ -8,6 +8,7 @@ thin holders of these kernels' arguments.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -15,6 +16,7 @@ import torch
 from torch import Tensor
 
 from . import _autograd
+from ._rounding import constant_for_compile as _constant_for_compile
 from ._rounding import inward_scalar, inward_tensor
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "project_min_max_norm_",
     "project_simplex",
     "project_simplex_",
+    "scalar_bounds",
     "tolerance",
 ]
 
@@ -59,6 +62,10 @@ def project_box(x: Tensor, min: Bound = None, max: Bound = None) -> Tensor:
     Returns:
         A new tensor inside the box.
 
+    Raises:
+        ValueError: if a finite bound lies beyond the largest finite value of
+            ``x.dtype`` on the feasible side (every element would become infinite).
+
     Example:
         >>> import torch
         >>> from torch_constraints.functional import project_box
@@ -83,7 +90,13 @@ def box_bounds(x: Tensor, min: Bound = None, max: Bound = None) -> tuple[Bound, 
     """Return the bounds :func:`project_box` applies to ``x``.
 
     They are ``min`` and ``max`` rounded to ``x.dtype`` toward the inside of the box;
-    infinite bounds become ``None``.
+    infinite bounds become ``None``. Tensor bounds are moved to ``x``'s device.
+
+    Raises:
+        ValueError: if a finite number bound lies beyond the dtype's finite range on
+            the feasible side (``min = 70000`` for float16): every element would
+            become infinite; or if number bounds cross, or hold no value of the dtype
+            between them. (Tensor bounds are checked when they are registered.)
 
     Example:
         >>> import torch
@@ -91,25 +104,72 @@ def box_bounds(x: Tensor, min: Bound = None, max: Bound = None) -> tuple[Bound, 
         >>> box_bounds(torch.zeros(2), -0.05, float("inf"))
         (-0.04999999701976776, None)
     """
-    lo, hi = _inward(min, x, lower=True), _inward(max, x, lower=False)
-    # torch.clamp takes two numbers or two tensors, not one of each.
-    if isinstance(lo, Tensor) and isinstance(hi, float):
-        hi = torch.full((), hi, dtype=x.dtype, device=x.device)
-    elif isinstance(hi, Tensor) and isinstance(lo, float):
-        lo = torch.full((), lo, dtype=x.dtype, device=x.device)
+    scalar_min = None if isinstance(min, Tensor) else min
+    scalar_max = None if isinstance(max, Tensor) else max
+    lo, hi = scalar_bounds(scalar_min, scalar_max, x.dtype)
+    tensors = isinstance(min, Tensor), isinstance(max, Tensor)
+    if not any(tensors):
+        return lo, hi
+    bounds: list[Bound] = []
+    for name, bound, scalar in (("min", min, lo), ("max", max, hi)):
+        if not isinstance(bound, Tensor):  # torch.clamp takes two tensors, not one of each
+            bounds.append(
+                None if scalar is None else torch.full((), scalar, dtype=x.dtype, device=x.device)
+            )
+            continue
+        # A constraint recorded with parametrize=False is no submodule: module.to() does
+        # not move its tensor bounds, so they follow the tensor here.
+        bounds.append(inward_tensor(bound.to(x.device), x.dtype, lower=name == "min"))
+    return bounds[0], bounds[1]
+
+
+@_constant_for_compile
+def scalar_bounds(
+    min: float | None, max: float | None, dtype: torch.dtype
+) -> tuple[float | None, float | None]:
+    """``(min, max)`` rounded inward to ``dtype``; infinite bounds become ``None``.
+
+    A pure function of Python constants, cached: ``torch.compile`` evaluates it while
+    tracing and puts the result into the graph as constants.
+    """
+    return _scalar_bounds(min, max, dtype)
+
+
+@functools.lru_cache(maxsize=1024)
+def _scalar_bounds(
+    min: float | None, max: float | None, dtype: torch.dtype
+) -> tuple[float | None, float | None]:
+    result: list[float | None] = []
+    for name, bound, lower in (("min", min, True), ("max", max, False)):
+        if bound is None or math.isinf(bound):
+            result.append(None)
+            continue
+        rounded = inward_scalar(float(bound), dtype, lower=lower)
+        if math.isinf(rounded):
+            refuse_out_of_range(name, bound, dtype)
+        result.append(rounded)
+    lo, hi = result
+    if lo is not None and hi is not None and lo > hi:
+        if min > max:  # type: ignore[operator]
+            raise ValueError(f"min must be <= max, got min={min}, max={max}")
+        raise ValueError(
+            f"no {dtype} value lies in [min, max] (the range is narrower than the dtype's "
+            f"spacing), got min={min}, max={max}"
+        )
     return lo, hi
 
 
-def _inward(bound: Bound, x: Tensor, *, lower: bool) -> Bound:
-    if bound is None:
-        return None
-    if isinstance(bound, Tensor):
-        # A constraint recorded with parametrize=False is no submodule: module.to()
-        # does not move its tensor bounds, so they follow the tensor here.
-        return inward_tensor(bound.to(x.device), x.dtype, lower=lower)
-    if math.isinf(bound):
-        return None
-    return inward_scalar(float(bound), x.dtype, lower=lower)
+def refuse_out_of_range(name: str, bound: Bound, dtype: torch.dtype) -> None:
+    """Raise the ``ValueError`` of a bound beyond ``dtype``'s range on the feasible side."""
+    info = torch.finfo(dtype)
+    described = f"tensor of shape {tuple(bound.shape)}" if isinstance(bound, Tensor) else bound
+    limit = f"above the largest finite {dtype} value ({info.max:g})"
+    side = math.inf
+    if name == "max":
+        limit, side = f"below the lowest finite {dtype} value ({info.min:g})", -math.inf
+    raise ValueError(
+        f"{name}={described} is {limit}: the constrained elements would all become {side}"
+    )
 
 
 # ---------------------------------------------------------------------------- slices
