@@ -21,7 +21,7 @@ from torch_constraints import (
     CHECKPOINT_FORMAT,
     Box,
     PackedProjection,
-    _state_hooks,
+    checkpoint,
     constrain,
     constrain_all,
     hard_project,
@@ -374,7 +374,7 @@ def rooted(seed: int = 0, **kwargs: object) -> nn.Sequential:
     """``constrained()``, with the root hook that registration is to attach."""
     model = net(seed)
     constrain_all(model, -0.5, 0.5, include=(nn.Linear,), **kwargs)  # type: ignore[arg-type]
-    _state_hooks.attach_root(model)
+    checkpoint.attach_root(model)
     return model
 
 
@@ -384,7 +384,7 @@ def bounded(seed: int = 0) -> nn.Sequential:
     for index, rows in ((0, 6), (2, 3)):
         upper = torch.linspace(0.1, 0.6, rows).unsqueeze(1)
         constrain(model, f"{index}.weight", Box(-upper, upper))
-    _state_hooks.attach_root(model)
+    checkpoint.attach_root(model)
     return model
 
 
@@ -554,9 +554,9 @@ def test_loading_into_an_ancestor_of_the_root_refuses_at_the_module_it_concerns(
 
 def test_the_root_hook_is_registered_once_and_survives_copies() -> None:
     model = rooted()
-    _state_hooks.attach_root(model)
+    checkpoint.attach_root(model)
     hooks = [getattr(h, "hook", h) for h in model._load_state_dict_pre_hooks.values()]
-    assert hooks == [_state_hooks._load_pre_hook]
+    assert hooks == [checkpoint._load_pre_hook]
     state = a_new_state(rooted)
     state._metadata["0"]["torch_constraints"] = 2  # type: ignore[attr-defined]
     for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
@@ -579,27 +579,27 @@ def our_hooks(module: nn.Module) -> tuple[int, int]:
     """How many of this library's load pre-hooks and state_dict post-hooks ``module`` has."""
     pre = [getattr(h, "hook", h) for h in module._load_state_dict_pre_hooks.values()]
     post = [getattr(h, "hook", h) for h in module._state_dict_hooks.values()]
-    return pre.count(_state_hooks._load_pre_hook), post.count(_state_hooks._state_dict_post_hook)
+    return pre.count(checkpoint._load_pre_hook), post.count(checkpoint._state_dict_post_hook)
 
 
 def test_an_owner_that_is_also_the_root_has_one_load_hook() -> None:
     layer = constrain(nn.Linear(2, 2), "weight", -1, 1)
-    _state_hooks.attach_root(layer)
+    checkpoint.attach_root(layer)
     assert our_hooks(layer) == (1, 1)
 
 
 def test_detach_removes_only_the_hooks_no_longer_needed() -> None:
     model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
     constrain_all(model, -1, 1, include={"weight"})
-    _state_hooks.attach_root(model)
-    _state_hooks.detach(model)  # its tree is still constrained: the root check stays
+    checkpoint.attach_root(model)
+    checkpoint.detach(model)  # its tree is still constrained: the root check stays
     assert our_hooks(model) == (1, 0)
     unconstrain(model, "0.weight")
     assert our_hooks(model[0]) == (0, 0) and our_hooks(model[1]) == (1, 1)
-    _state_hooks.detach(model[1])  # still owns a constrained tensor: keeps both
+    checkpoint.detach(model[1])  # still owns a constrained tensor: keeps both
     assert our_hooks(model[1]) == (1, 1)
     unconstrain(model)
-    _state_hooks.detach(model)  # what unconstrain is to call on the root
+    checkpoint.detach(model)  # what unconstrain is to call on the root
     assert our_hooks(model) == (0, 0)
 
 

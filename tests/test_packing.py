@@ -1,7 +1,8 @@
 """PackedProjection: the explicit opt-in, which follows its tensors as an optimizer does.
 
-Every call checks that each tensor still views its slot; the rest of the plan is
-compared by value on the first call after a change this library is told of.
+Every call checks, by value, that each tensor still views its slot and that the
+constraints of each run still project alike; changes made through this library
+unpack; anything else needs repack(), as an optimizer's parameter list would.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from torch_constraints import (
     hard_project,
     named_constraints,
     project_after_step,
+    unconstrain,
 )
-from torch_constraints.packing import _Snapshot
 
 pytestmark = pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
 
@@ -178,39 +179,59 @@ def test_a_constraint_stacked_on_a_packed_tensor_is_applied() -> None:
     assert raw(model[0]).abs().max().item() == pytest.approx(1.0)
 
 
-def test_a_call_with_nothing_changed_does_not_compare_the_whole_plan(
+def test_train_eval_and_attribute_changes_keep_the_packs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
     constrain_all(model, -1, 1)
     packed = PackedProjection(model)
     packed()
-
-    def refuse(self: _Snapshot) -> bool:
-        raise AssertionError("compared the whole plan")
-
-    monkeypatch.setattr(_Snapshot, "matches", refuse)
+    buffers = [b for p in packed._packs for b in p.buffers]
+    monkeypatch.setattr(PackedProjection, "repack", lambda self: pytest.fail("repacked"))
     model.train()  # sets `training` on every module, constraints included
     model.eval()
     scramble(model)
     packed()
     assert all(p.abs().max() <= 1 for p in model.parameters())
     dict(named_constraints(model))["1.weight"].max = 0.5
-    with pytest.raises(AssertionError, match="compared the whole plan"):
-        packed()
+    scramble(model)
+    packed()  # read from the constraints themselves: no repack needed
+    assert raw(model[1]).max().item() == 0.5 and raw(model[0]).max().item() == 1.0
+    assert [b for p in packed._packs for b in p.buffers] == buffers
 
 
-def test_a_constraint_removed_by_pytorch_is_no_longer_projected() -> None:
+def test_a_constraint_removed_through_this_library_unpacks_and_is_no_longer_projected() -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
     constrain_all(model, -1, 1)
     packed = PackedProjection(model)
-    parametrize.remove_parametrizations(model[0], "weight", leave_parametrized=False)
+    unconstrain(model, "0.weight")
     with torch.no_grad():
         model[0].weight.fill_(5.0)
     packed()
     weight = model[0].weight
     assert (weight == 5.0).all()
     assert not is_packed(weight)  # unpacked with the rest, not packed again
+    assert is_packed(raw(model[1]))
+
+
+def test_a_constraint_removed_by_pytorch_directly_needs_repack() -> None:
+    # PyTorch's remove_parametrizations(leave_parametrized=False) keeps the Parameter
+    # and its storage: nothing a per-call check can afford to read changes.
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    constrain_all(model, -1, 1)
+    packed = PackedProjection(model)
+    parametrize.remove_parametrizations(model[0], "weight", leave_parametrized=False)
+    assert not packed.is_current()  # the full comparison sees it at any time
+    packed.repack()
+    with torch.no_grad():
+        model[0].weight.fill_(5.0)
+    packed()
+    assert (model[0].weight == 5.0).all() and not is_packed(model[0].weight)
+    parametrize.remove_parametrizations(model[0], "bias", leave_parametrized=True)
+    with torch.no_grad():
+        model[0].bias.fill_(5.0)
+    packed()  # leave_parametrized=True gave the tensor a new storage: seen, repacked
+    assert (model[0].bias == 5.0).all()
 
 
 def test_tensors_constrained_later_are_covered_after_repack() -> None:

@@ -7,6 +7,7 @@ model between calls in every way we know of and check the next call follows.
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from torch.nn.utils import parametrize
 
 from torch_constraints import (
     Box,
+    Constraint,
     MaxNorm,
     MinMaxNorm,
     NonNeg,
@@ -30,8 +32,8 @@ from torch_constraints import (
     named_constraints,
     unconstrain,
 )
-from torch_constraints.projection import _plan, groups, targets
-from torch_constraints.registration import Slot, constrained_slots
+from torch_constraints._tree import Constrained, constrained
+from torch_constraints.projection import groups
 
 pytestmark = pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
 
@@ -48,25 +50,24 @@ def project(model: nn.Module, path: str, packed: dict[int, PackedProjection]) ->
         hard_project(model, foreach={"default": None, "foreach": True, "loop": False}[path])
 
 
-def projected_slots(model: nn.Module) -> list[Slot]:
-    """Slots whose raw tensor hard_project writes to."""
-    return [slot for slot in constrained_slots(model) if slot.leading_constraints()]
+def projected_slots(model: nn.Module) -> list[Constrained]:
+    """Constrained tensors whose raw tensor hard_project writes to."""
+    return [entry for entry in constrained(model) if entry.constraints and entry.raw is not None]
 
 
-def raw_of(slot: Slot) -> torch.Tensor:
-    tensor = slot.raw()
-    assert tensor is not None
-    return tensor
+def raw_of(entry: Constrained) -> torch.Tensor:
+    assert entry.raw is not None
+    return entry.raw
 
 
 def reference(model: nn.Module) -> dict[str, torch.Tensor]:
     """Expected raw values after hard_project: each leading constraint's projection, in turn."""
     expected = {}
-    for slot in projected_slots(model):
-        value = raw_of(slot).detach().clone()
-        for constraint in slot.leading_constraints():
+    for entry in projected_slots(model):
+        value = raw_of(entry).detach().clone()
+        for constraint in entry.constraints:
             constraint.project_(value)
-        expected[slot.qualname] = value
+        expected[entry.qualname] = value
     return expected
 
 
@@ -281,20 +282,20 @@ def test_a_changed_norm_radius_applies_at_the_next_projection() -> None:
     assert torch.allclose(raw(model[1]).norm(dim=1), torch.full((4,), 1.0))
 
 
-def test_tied_parameters_stay_tied_and_get_both_projections() -> None:
+def test_tied_parameters_stay_tied_and_storage_sharing_survives() -> None:
     a, b = nn.Linear(4, 4), nn.Linear(4, 4)
     b.weight = a.weight  # the same Parameter in two modules
     c = nn.Linear(4, 4)
     model = nn.ModuleList([a, b, c])
-    constrain(a, "weight", -1, 1)
-    constrain(b, "weight", -0.5, 0.5)
+    constrain(a, "weight", -0.5, 0.5, parametrize=False)
+    constrain(b, "weight", -0.5, 0.5, parametrize=False)  # the same set: one tensor
     constrain(c, "weight", -2, 2)
     scramble(model)
     raw(c).data = raw(a).data  # another Parameter on the same storage
     hard_project(model)
-    assert raw(a) is raw(b)
-    assert raw(a).data_ptr() == raw(c).data_ptr()
-    assert raw(a).abs().max() <= 0.5
+    assert a.weight is b.weight
+    assert a.weight.data_ptr() == raw(c).data_ptr()
+    assert a.weight.abs().max() <= 0.5
 
 
 def test_a_tied_tensor_under_one_constraint_is_projected_once() -> None:
@@ -401,13 +402,42 @@ def test_a_module_shared_under_two_names_is_projected_once() -> None:
     assert torch.equal(raw(shared).detach(), expected)
 
 
-# --------------------------------------------------------------------------- the fast plan
-def plan_by_groups(model: nn.Module) -> list[tuple[tuple[object, ...], list[int]]]:
-    return [(g.constraints, [id(t) for t in g.tensors]) for g in groups(targets(model))]
+# --------------------------------------------------------------------------- the walk
+def walk_by_public_api(model: nn.Module) -> list[tuple[str, int, int | None, list[int]]]:
+    """What the walk should find, read through named_modules and the chains themselves."""
+    found = []
+    for prefix, module in model.named_modules():
+        if isinstance(module, (parametrize.ParametrizationList, Constraint)):
+            continue
+
+        def join(name: str, prefix: str = prefix) -> str:
+            return f"{prefix}.{name}" if prefix else name
+
+        for name, chain in vars(module).get("_torch_constraints", {}).items():
+            tensor = getattr(module, name)
+            found.append((join(name), id(module), id(tensor), [id(c) for c in chain]))
+        if not parametrize.is_parametrized(module):
+            continue
+        for name, chain in module.parametrizations.items():
+            if not any(isinstance(entry, Constraint) for entry in chain):
+                continue
+            leading = list(itertools.takewhile(lambda e: isinstance(e, Constraint), chain))
+            original = chain.original if chain.is_tensor and leading else None
+            raw_id = None if original is None else id(original)
+            found.append((join(name), id(module), raw_id, [id(c) for c in leading]))
+    return found
 
 
-def plan_fast(model: nn.Module) -> list[tuple[tuple[object, ...], list[int]]]:
-    return [(constraints, [id(t) for t in tensors]) for constraints, tensors in _plan(model)]
+def walk(model: nn.Module) -> list[tuple[str, int, int | None, list[int]]]:
+    return [
+        (
+            e.qualname,
+            id(e.owner),
+            None if e.raw is None else id(e.raw),
+            list(map(id, e.constraints)),
+        )
+        for e in constrained(model)
+    ]
 
 
 class _Scale(nn.Module):
@@ -431,24 +461,22 @@ class _Scale(nn.Module):
         max_size=12,
     )
 )
-def test_the_fast_plan_equals_groups_of_targets(
+def test_the_walk_finds_what_the_public_api_shows_and_groups_each_tensor_once(
     layout: list[tuple[str, tuple[float, float | None], torch.dtype, str]],
 ) -> None:
     model = nn.ModuleList()
+    previous_kind, previous_bounds = "", (0.0, None)
     for kind, (lo, hi), dtype, link in layout:
         layer = nn.Linear(2, 3, dtype=dtype)
-        if link == "tie" and len(model) and hasattr(model[-1], "in_features"):
-            previous = model[-1]
-            tied = (
-                previous.parametrizations.weight.original
-                if parametrize.is_parametrized(previous, "weight")
-                else previous.weight
-            )
-            if isinstance(tied, nn.Parameter) and tied.dtype == dtype and kind != "buffer":
-                layer.weight = tied
+        if link == "tie" and kind == "record" == previous_kind:
+            tied = model[-1].weight
+            if isinstance(tied, nn.Parameter) and tied.dtype == dtype:
+                layer.weight = tied  # one tensor, the same constraint under both names
+                lo, hi = previous_bounds
         if link == "share" and len(model):
             model.append(model[-1])
             continue
+        previous_kind, previous_bounds = kind, (lo, hi)
         if kind == "buffer":
             weight = layer.weight.detach()
             del layer.weight
@@ -473,16 +501,21 @@ def test_the_fast_plan_equals_groups_of_targets(
             model.append(container)
             continue
         model.append(layer)
-    assert plan_fast(model) == plan_by_groups(model)
+    assert walk(model) == walk_by_public_api(model)
+    grouped = [id(t) for _, tensors in groups(constrained(model)) for t in tensors]
+    projected = {raw_id for _, _, raw_id, chain in walk_by_public_api(model) if chain and raw_id}
+    assert set(grouped) == projected
+    untied = [raw_id for _, _, raw_id, chain in walk_by_public_api(model) if chain and raw_id]
+    if len(set(untied)) == len(untied):
+        assert len(grouped) == len(projected)  # each tensor once
 
 
 @pytest.mark.parametrize("distinct", [1, 3, 12])
-def test_the_fast_plan_groups_many_bounds_like_groups_of_targets(distinct: int) -> None:
+def test_tensors_are_grouped_by_their_bounds(distinct: int) -> None:
     model = nn.ModuleList(nn.Linear(2, 2) for _ in range(24))
     for i, layer in enumerate(model):
         constrain(layer, "weight", -1.0 - i % distinct, 1.0)
-    assert len(_plan(model)) == distinct
-    assert plan_fast(model) == plan_by_groups(model)
+    assert len(groups(constrained(model))) == distinct
 
 
 class _Failing(Box):

@@ -108,13 +108,52 @@ def test_buffers_can_be_constrained_and_projected() -> None:
     norm = nn.BatchNorm1d(3)
     with torch.no_grad():
         norm.running_var.copy_(torch.tensor([-1.0, 0.5, 2.0]))
-    constrain(norm, "running_var", min=0.1)
+    constrain(norm, "running_var", min=0.1, parametrize=False)
     assert norm.running_var.tolist() == pytest.approx([0.1, 0.5, 2.0])
-    assert "parametrizations.running_var.original" in norm.state_dict()
+    assert "running_var" in norm.state_dict()
     with torch.no_grad():
-        raw(norm, "running_var").fill_(-3.0)
+        norm.running_var.fill_(-3.0)
     hard_project(norm)
-    assert raw(norm, "running_var").tolist() == pytest.approx([0.1] * 3)
+    assert norm.running_var.tolist() == pytest.approx([0.1] * 3)
+
+
+def test_a_buffer_of_a_plain_module_can_be_parametrized() -> None:
+    holder = nn.Module()
+    holder.register_buffer("scale", torch.tensor([-1.0, 0.5, 2.0]))
+    constrain(holder, "scale", min=0.1)
+    assert holder.scale.tolist() == pytest.approx([0.1, 0.5, 2.0])
+    assert "parametrizations.scale.original" in holder.state_dict()
+    with torch.no_grad():
+        raw(holder, "scale").fill_(-3.0)
+    hard_project(holder)
+    assert raw(holder, "scale").tolist() == pytest.approx([0.1] * 3)
+
+
+@pytest.mark.parametrize("name", ["running_mean", "running_var"])
+def test_parametrizing_a_running_statistic_is_refused_and_changes_nothing(name: str) -> None:
+    # BatchNorm updates its running statistics in place: through a parametrization it
+    # would update a temporary copy, and the statistic would silently stop changing.
+    norm = nn.BatchNorm1d(3)
+    before = norm.state_dict()
+    with pytest.raises(ValueError, match=f"BatchNorm1d.{name}: .*in place.*parametrize=False"):
+        constrain(norm, name, 0, 10)
+    assert type(norm) is nn.BatchNorm1d and norm.state_dict().keys() == before.keys()
+
+
+def test_running_statistics_keep_updating_and_stay_in_the_set_with_parametrize_false() -> None:
+    torch.manual_seed(0)
+    constrained = constrain(nn.BatchNorm1d(3), "running_var", 0, 2.0, parametrize=False)
+    plain = nn.BatchNorm1d(3)
+    for _ in range(5):
+        batch = torch.randn(64, 3) * 2 + 1
+        constrained(batch)
+        plain(batch)
+        hard_project(constrained)
+    expected = plain.running_var.clamp(0, 2.0)
+    assert not torch.equal(constrained.running_var, torch.ones(3))  # it moved
+    assert bool((constrained.running_var <= 2.0).all())
+    assert float(plain.running_var.max()) > 2.0  # the set was binding
+    assert torch.allclose(constrained.running_var, expected, atol=0.5)
 
 
 @pytest.mark.parametrize(

@@ -47,8 +47,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrize import ParametrizationList
 
-from . import _plans
-from ._evaluate import evaluate
+from . import _compat
 from .base import Constraint
 
 __all__ = ["is_shared", "share", "shared_class"]
@@ -133,7 +132,7 @@ def _reduce_ex(self: nn.Module, protocol: Any) -> Any:
 
 
 def _parametrized_names(module: nn.Module) -> list[str]:
-    chains = module.__dict__.get("_modules", {}).get("parametrizations")
+    chains = _compat.children_of(module).get("parametrizations")
     return list(chains.keys()) if isinstance(chains, nn.ModuleDict) else []
 
 
@@ -164,11 +163,9 @@ class _SharedMeta(type):
         if isinstance(value, property) and not isinstance(value, _Property):
             if getattr(value.fget, "__module__", None) == parametrize.__name__:
                 value = _Property.of(name)
-        _plans.changed()  # PyTorch's register_parametrization on a constrained module
         super().__setattr__(name, value)
 
     def __delattr__(cls, name: str) -> None:
-        _plans.changed()  # PyTorch's remove_parametrizations on a constrained module
         if isinstance(cls.__dict__.get(name), _Property):
             return  # remove_parametrizations on one module: others may still use it
         super().__delattr__(name)
@@ -202,24 +199,22 @@ class _Property(property):
         def get(self: nn.Module) -> Any:
             if torch.jit.is_scripting():  # type: ignore[attr-defined]
                 raise RuntimeError("Parametrization is not working with scripting.")
-            # self.parametrizations[name], read from the dicts behind them: this runs
-            # on every access, so every microsecond counts on small GPU layers.
-            chains = self.__dict__["_modules"].get("parametrizations")
-            chain = chains._modules.get(name) if chains is not None else None
+            chains = _compat.children_of(self).get("parametrizations")
+            chain = _compat.children_of(chains).get(name) if chains is not None else None
             if chain is None:  # parametrized on another module of this class only
                 if name in self.__dict__:
                     return self.__dict__[name]
                 return nn.Module.__getattr__(self, name)  # parameters, buffers, modules
-            if parametrize._cache_enabled:
-                if torch._C._get_tracing_state() is not None:
-                    raise RuntimeError("Cannot trace a model while caching parametrizations.")
-                cache: dict[tuple[int, str], Any] = parametrize._cache
-                key = (id(self), name)
-                tensor = cache.get(key)
-                if tensor is None:
-                    tensor = cache[key] = evaluate(chain)
-                return tensor
-            return evaluate(chain)
+            cache = _compat.parametrize_cache()
+            if cache is None:
+                return chain()
+            if _compat.tracing():
+                raise RuntimeError("Cannot trace a model while caching parametrizations.")
+            key = (id(self), name)  # the module reading it: many modules share the class
+            tensor = cache.get(key)
+            if tensor is None:
+                tensor = cache[key] = chain()
+            return tensor
 
         def set_(self: nn.Module, value: Any) -> None:
             if torch.jit.is_scripting():  # type: ignore[attr-defined]

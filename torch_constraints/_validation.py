@@ -1,14 +1,38 @@
-"""Constructor argument checks that name the argument and the value received."""
+"""Argument checks that name the argument, the value received and, where there is one, the tensor.
+
+Constructor arguments of the constraints (:func:`number`, :func:`dims`) and the
+arguments of the public functions (:func:`require_module`, :func:`resolve`,
+:func:`selector`): each raises ``TypeError``/``ValueError`` before anything changes.
+"""
 
 from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable, Collection
+from typing import cast
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrize import ParametrizationList
 
-__all__ = ["dims", "number", "real", "refusal"]
+from ._tree import raw_tensor
+
+__all__ = [
+    "Include",
+    "describe",
+    "dims",
+    "is_internal",
+    "number",
+    "real",
+    "refusal",
+    "require_bool",
+    "require_module",
+    "resolve",
+    "selector",
+    "type_name",
+]
 
 
 def real(value: object) -> float | None:
@@ -91,3 +115,129 @@ def dims(owner: str, value: object) -> int | tuple[int, ...] | None:
             raise ValueError(f"{owner}: dim must not repeat a dimension, got {value!r}")
         return tuple(value)
     raise TypeError(f"{owner}: dim must be an int, a tuple of ints or None, got {value!r}")
+
+
+# ----------------------------------------------------------------- arguments of the API
+def require_module(module: object, function: str) -> None:
+    """Refuse anything but an eager ``nn.Module``, naming ``function`` and what it got."""
+    if isinstance(module, torch.jit.ScriptModule):
+        raise TypeError(
+            f"{function}: TorchScript modules cannot carry constraints; constrain the eager "
+            "module, then script or export it"
+        )
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"{function}: expected an nn.Module, got {type(module).__name__}")
+
+
+def require_bool(value: object, name: str) -> None:
+    """Refuse a flag that is not ``True`` or ``False``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+def type_name(obj: object) -> str:
+    """The class name of ``obj``; for a parametrized module, of the module before."""
+    if isinstance(obj, nn.Module):
+        return parametrize.type_before_parametrizations(obj).__name__
+    return type(obj).__name__
+
+
+def describe(module: nn.Module, tensor_name: str) -> str:
+    """``"Linear.weight"``: where a tensor is, for error messages."""
+    return f"{type_name(module)}.{tensor_name}"
+
+
+def is_internal(module: nn.Module) -> bool:
+    """Whether ``module`` is part of a parametrization (a chain or a constraint), not the model."""
+    from .base import Constraint
+
+    return isinstance(module, (ParametrizationList, Constraint))
+
+
+def resolve(module: nn.Module, name: object) -> tuple[nn.Module, str]:
+    """The module owning the tensor ``name`` (a dotted path from ``module``) and its name.
+
+    Raises:
+        TypeError: if ``name`` is not a string.
+        ValueError: for a path through a submodule that does not exist (listing those
+            that do), a path into a parametrization, or a tensor the owner does not have.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"expected a tensor name (str), got {name!r}")
+    parts = name.split(".")
+    if "parametrizations" in parts[:-1]:
+        at = parts.index("parametrizations")
+        public = ".".join(parts[:at] + parts[at + 1 : at + 2])
+        raise ValueError(
+            f"{name!r} names the inside of a parametrization, not a tensor of the model; "
+            f"constrain the tensor by its public name, {public!r}"
+        )
+    owner = module
+    for depth, part in enumerate(parts[:-1]):
+        try:
+            owner = owner.get_submodule(part)
+        except AttributeError:
+            where = ".".join(parts[:depth]) or "the root"
+            children = [n for n, _ in owner.named_children() if n != "parametrizations"]
+            raise ValueError(
+                f"{type_name(module)} has no submodule {'.'.join(parts[: depth + 1])!r} "
+                f"(from {name!r}); the submodules of {where} ({type_name(owner)}) are: "
+                f"{', '.join(children) or 'none'}"
+            ) from None
+    if is_internal(owner):
+        raise ValueError(
+            f"{name!r} belongs to a {type(owner).__name__}, part of a parametrization, not "
+            "to the model; constrain the model's tensors by their public names"
+        )
+    tensor_name = parts[-1]
+    if raw_tensor(owner, tensor_name) is None:
+        available = [n for n, _ in owner.named_parameters(recurse=False)]
+        available += [n for n, _ in owner.named_buffers(recurse=False)]
+        if parametrize.is_parametrized(owner):
+            available += list(cast(nn.ModuleDict, owner.parametrizations))
+        raise ValueError(
+            f"{describe(owner, tensor_name)}: {type_name(owner)} has no parameter or buffer "
+            f"named {tensor_name!r}; it has: {', '.join(available) or 'none'}"
+        )
+    return owner, tensor_name
+
+
+#: What ``include`` of :func:`~torch_constraints.constrain_all` accepts.
+Include = (
+    type[nn.Module]
+    | tuple[type[nn.Module], ...]
+    | str
+    | Collection[str]
+    | Callable[[str, nn.Module, str], bool]
+    | None
+)
+
+
+def selector(include: Include) -> Callable[[str, nn.Module, str], bool]:
+    """``include`` of ``constrain_all`` as a predicate ``(qualname, module, tensor_name)``."""
+    if include is None:
+        return lambda qualname, module, tensor_name: True
+    if isinstance(include, nn.Module) or (
+        isinstance(include, tuple) and any(isinstance(c, nn.Module) for c in include)
+    ):
+        raise TypeError(
+            "include takes module classes, such as nn.Linear, not module instances; "
+            f"got {include!r}"
+        )
+    if isinstance(include, type) and issubclass(include, nn.Module):
+        include = (include,)
+    if isinstance(include, tuple) and include and all(isinstance(c, type) for c in include):
+        classes = include
+        return lambda qualname, module, tensor_name: isinstance(module, classes)
+    if isinstance(include, str):
+        include = {include}
+    if isinstance(include, Collection) and all(isinstance(n, str) for n in include):
+        names = set(include)
+        return lambda qualname, module, tensor_name: tensor_name in names or qualname in names
+    if callable(include):
+        predicate = cast(Callable[[str, nn.Module, str], bool], include)
+        return lambda qualname, module, tensor_name: bool(predicate(qualname, module, tensor_name))
+    raise TypeError(
+        "include must be module classes, tensor names, or a predicate "
+        f"(qualified_name, module, tensor_name) -> bool; got {include!r}"
+    )

@@ -8,11 +8,12 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from . import _ties, _tree
+from ._validation import type_name
 from .packing import PackedProjection
-from .projection import hard_project, targets
-from .registration import type_name
+from .projection import hard_project
 
-__all__ = ["project_after_step"]
+__all__ = ["project_after_step", "require_projectable"]
 
 
 def project_after_step(
@@ -42,7 +43,10 @@ def project_after_step(
     Raises:
         TypeError: if ``optimizer`` is not (a wrapper of) an Optimizer, or
             ``module`` neither a Module nor a PackedProjection.
-        ValueError: if ``module`` has no tensor constrained by this library.
+        ValueError: if ``module`` has no tensor whose raw value this library can
+            project (nothing constrained, or only constraints stacked after another
+            library's parametrization), or a parametrized tensor of it is also read,
+            unconstrained, under another name (tied weights).
 
     Example:
         >>> import torch
@@ -71,16 +75,38 @@ def project_after_step(
             f"project_after_step: expected an nn.Module or a PackedProjection, got "
             f"{type_name(module)}"
         )
-    if not targets(module):
-        raise ValueError(
-            f"{type_name(module)} has no tensor constrained by torch_constraints; "
-            "call constrain() or constrain_all() first"
-        )
+    require_projectable(module, "project_after_step")
 
     def project(_optimizer: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
         hard_project(module)
 
     return inner.register_step_post_hook(project)
+
+
+def require_projectable(module: nn.Module, caller: str) -> None:
+    """Raise ``ValueError`` unless ``hard_project(module)`` has something to write.
+
+    Also refuses a tree with a tie no projection can honour (see ``_ties``).
+    """
+    _ties.check_tree(module)
+    found = _tree.constrained(module)
+    if any(entry.constraints and entry.raw is not None for entry in found):
+        return
+    if found:
+        entry = found[0]
+        raise ValueError(
+            f"{caller}: {entry.qualname} ({type_name(entry.owner)}) carries "
+            f"{', '.join(map(repr, entry.stacked))} stacked after another library's "
+            "parametrization: it acts on that parametrization's output in the forward pass, "
+            "and there is no stored tensor of that value to project after a step. Keep the "
+            "forward constraint alone (no projection needed), or remove the other "
+            "parametrization and constrain the raw tensor"
+        )
+    raise ValueError(
+        f"{caller}: {type_name(module)} has no tensor constrained by torch_constraints; "
+        "call constrain() or constrain_all() first (a hook that projects nothing is "
+        "almost certainly a mistake, while hard_project itself does nothing on such a model)"
+    )
 
 
 def _unwrap(optimizer: Any) -> torch.optim.Optimizer:

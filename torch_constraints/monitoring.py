@@ -13,24 +13,22 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
+from . import _distributed, _tree
 from .base import Constraint
 from .box import Box
 from .functional import box_bounds
-from .registration import constrained_slots
 
 __all__ = ["saturation", "violation"]
 
 
 def _raw_targets(module: nn.Module) -> Iterator[tuple[str, Tensor, tuple[Constraint, ...]]]:
-    """Yield ``(name, raw tensor, constraints applied to it in order)`` in ``module``'s tree.
+    """Yield ``(name, raw value, constraints applied to it in order)`` in ``module``'s tree.
 
-    The only place this module learns where constraints live.
+    A sharded tensor (FSDP2's DTensor) is gathered whole, the same on every rank.
     """
-    for slot in constrained_slots(module):
-        constraints = tuple(slot.leading_constraints())
-        raw = slot.raw()
-        if constraints and raw is not None:
-            yield slot.qualname, raw, constraints
+    for entry in _tree.constrained(module):
+        if entry.constraints and entry.raw is not None:
+            yield entry.qualname, _distributed.full(entry.raw.detach()), entry.constraints
 
 
 def _project(x: Tensor, constraints: tuple[Constraint, ...]) -> Tensor:
@@ -93,7 +91,7 @@ def saturation(module: nn.Module) -> dict[str, float]:
         boxes = [c for c in constraints if isinstance(c, Box)]
         if not boxes:
             continue
-        v = _project(raw.detach(), constraints)
+        v = _project(raw, constraints)
         at_bound = torch.zeros_like(v, dtype=torch.bool)
         for box in boxes:
             lo, hi = box_bounds(v, box.min, box.max)
@@ -143,7 +141,6 @@ def violation(module: nn.Module) -> dict[str, float]:
     names: list[str] = []
     values: list[Tensor] = []
     for name, raw, constraints in _raw_targets(module):
-        x = raw.detach()
         names.append(name)
-        values.append((x - _project(x, constraints)).abs().amax() if x.numel() else x.sum())
+        values.append((raw - _project(raw, constraints)).abs().amax() if raw.numel() else raw.sum())
     return _to_host(names, values)

@@ -18,18 +18,18 @@ What it costs, and why it is not the default:
   value taken before packing no longer follows the model (the model's own
   ``state_dict()`` returns copies of packed tensors while packed, so that no
   serializer takes them for tied tensors and drops all but one);
-* the object holds a plan, as an optimizer holds its parameter list, and follows
-  its tensors as an optimizer does. Each call checks that every tensor still views
-  its slot (a ``.data`` rebinding, ``module.to()``, a storage freed in place) and
-  repacks if not. The rest of the plan (the same constraints, with the same
-  attributes, on the same tensors of the same modules) is compared by value on
-  the first call after this library is told of a change: a constraint's attribute
-  assigned, a constraint registered or removed (see :mod:`._plans`). That keeps
-  the per-call cost to one pointer read per tensor. Tensors constrained after
-  packing, and Parameters or modules replaced (``load_state_dict(assign=True)``,
-  ``setattr``, FSDP2's ``fully_shard``) need :meth:`PackedProjection.repack`, as
-  an optimizer would need rebuilding.
-  :meth:`PackedProjection.is_current` compares the whole plan at any time.
+* the object holds a plan, as an optimizer holds its parameter list. Each call
+  checks, by value, what it can afford to: that every tensor still views its slot
+  (a ``.data`` rebinding, ``module.to()``, a storage freed in place), and that the
+  constraints of each run still project alike (a changed attribute such as
+  ``box.max = 0.05``, read from the constraints themselves); it repacks if not.
+  Constraining or unconstraining a packed tensor through this library unpacks it
+  (each packed tensor knows its pack), and the next call packs again. Anything else
+  needs :meth:`PackedProjection.repack`, as an optimizer would need rebuilding:
+  tensors constrained later, Parameters or modules replaced
+  (``load_state_dict(assign=True)``, ``setattr``, FSDP2's ``fully_shard``), and
+  PyTorch's own ``remove_parametrizations(..., leave_parametrized=False)``.
+  :meth:`PackedProjection.is_current` compares the whole plan with the model.
 
 Tensors that share a storage with another tensor (tied weights), that are not
 plain dense tensors (DTensors, strided views) or that are empty are never packed;
@@ -39,22 +39,22 @@ start on 64-byte boundaries. Buffers hold at most ``MAX_BUFFER_BYTES``.
 
 from __future__ import annotations
 
-import operator
+import warnings
 import weakref
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from itertools import repeat
+from operator import attrgetter
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from . import _kernels, _plans, _records
+from . import _tree
 from .base import Constraint
-from .projection import Group, Target, groups, targets
+from .projection import Group, chain_key, groups, project_group_
 
-__all__ = ["MAX_BUFFER_BYTES", "PackedProjection", "release"]
+__all__ = ["MAX_BUFFER_BYTES", "PackedProjection"]
 
 MAX_BUFFER_BYTES = 256 * 2**20
 _ALIGN_BYTES = 64
@@ -69,11 +69,11 @@ class PackedProjection:
     :func:`~torch_constraints.project_after_step` accepts it in place of a module.
 
     It follows its tensors as an optimizer follows its parameters: a rebound
-    ``.data``, ``module.to()``, a changed attribute of a constraint, a constraint
-    added to or removed from a packed tensor through this library are seen by the
-    next call (which repacks), and so is PyTorch's ``remove_parametrizations``.
-    Call :meth:`repack` after constraining more tensors, or after replacing
-    Parameters or modules (``load_state_dict(assign=True)``, ``setattr``).
+    ``.data``, ``module.to()`` and a changed attribute of a constraint are seen by the
+    next call (which repacks), and constraining or unconstraining a packed tensor
+    through this library unpacks it. Call :meth:`repack` after constraining more
+    tensors, or after replacing Parameters or modules
+    (``load_state_dict(assign=True)``, ``setattr``).
 
     Args:
         module: the root of the module tree; its constrained tensors are packed now.
@@ -104,55 +104,42 @@ class PackedProjection:
             raise TypeError(f"PackedProjection: expected an nn.Module, got {type(module).__name__}")
         self.module = module
         self.foreach = foreach
-        self._snapshot = _Snapshot([])
+        self._found: list[_tree.Constrained] = []
         self._packs: list[_Pack] = []
-        self._groups: list[Group] = []
+        self._loose: list[Group] = []
         self._hooks: list[RemovableHandle] = []
         self._packed = False
-        self._recheck = False
         self._pack()
-        _plans.register(self)
 
     @torch.compiler.disable  # type: ignore[untyped-decorator]
     @torch.no_grad()
     def __call__(self) -> None:
-        """Project every covered tensor in place; (re)pack first if the plan has changed.
-
-        Every call checks that each packed tensor still views its slot; the rest of the
-        plan is compared with the model (as :meth:`is_current` does) on the first call
-        after a change made through this library (see :class:`PackedProjection`).
-        """
-        if not self._follows_model():
+        """Project every covered tensor in place; (re)pack first if the plan has changed."""
+        if not (self._packed and all(pack.follows_model() for pack in self._packs)):
             self.repack()
         for pack in self._packs:
             pack.project_()
-        for group in self._groups:
-            group.project_(self.foreach)
+        for constraints, tensors in self._loose:
+            project_group_(constraints, tensors, self.foreach)
 
     def is_current(self) -> bool:
-        """Whether packed, with every tensor in its slot and carrying the same constraints.
+        """Whether packed, every tensor in its slot, the same constraints on the same tensors.
 
-        Compares the whole plan with the model, by identity and value: each tensor
-        is still held by the same module under the same name, with the same
-        constraints, whose attributes project as they did.
+        Compares the whole plan with the model: each tensor is still held by the same
+        module under the same name, with the same constraints, whose attributes
+        project as they did.
         """
-        return (
-            self._packed and all(pack.intact() for pack in self._packs) and self._snapshot.matches()
-        )
-
-    def invalidate(self) -> None:
-        """Compare the whole plan with the model on the next call (see :mod:`._plans`)."""
-        self._recheck = True
-
-    def _follows_model(self) -> bool:
-        """The check of every call: the tensors view their slots; the rest if told to."""
-        if not self._packed or not all(pack.intact() for pack in self._packs):
+        if not (self._packed and all(pack.follows_model() for pack in self._packs)):
             return False
-        if self._recheck:
-            if not self._snapshot.matches():
-                return False
-            self._recheck = False
-        return True
+        now = _tree.constrained(self.module)
+        return len(now) == len(self._found) and all(
+            a.owner is b.owner
+            and a.name == b.name
+            and a.raw is b.raw
+            and a.constraints == b.constraints
+            and chain_key(a.constraints) == chain_key(b.constraints)
+            for a, b in zip(now, self._found, strict=True)
+        )
 
     def repack(self) -> None:
         """Unpack, then pack the tensors constrained now (after constraining more of them)."""
@@ -169,102 +156,82 @@ class PackedProjection:
         with torch.inference_mode(False), torch.no_grad():
             for pack in self._packs:
                 pack.release()
-        self._snapshot, self._packs, self._groups, self._hooks = _Snapshot([]), [], [], []
+        self._found, self._packs, self._loose, self._hooks = [], [], [], []
         self._packed = False
 
+    def invalidate(self) -> None:
+        """Deprecated: each call checks its plan by value; :meth:`repack` rebuilds it."""
+        warnings.warn(
+            "PackedProjection.invalidate() is deprecated and does nothing: each call checks "
+            "its plan; call repack() after changes it cannot see",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+
     def release(self, tensor: Tensor) -> None:
-        """If ``tensor`` is packed here, unpack everything (the next call packs again)."""
-        if any(pack.holds(tensor) for pack in self._packs):
+        """Deprecated: unpack if ``tensor`` is packed here (``unconstrain`` does it itself)."""
+        warnings.warn(
+            "PackedProjection.release() is deprecated: unconstrain() unpacks the tensors it "
+            "changes; call unpack() to unpack everything",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        if any(tensor is t for pack in self._packs for t in pack.tensors):
             self.unpack()
 
     def _pack(self) -> None:
+        found = _tree.constrained(self.module)
         with torch.inference_mode(False), torch.no_grad():
-            found = targets(self.module)
             members, loose = _select(self.module, found)
             by_group: dict[tuple[torch.device, torch.dtype], list[_Member]] = {}
             for member in members:
-                tensor = member.tensor
-                by_group.setdefault((tensor.device, tensor.dtype), []).append(member)
+                by_group.setdefault((member.tensor.device, member.tensor.dtype), []).append(member)
             self._packs = [_Pack(group) for group in by_group.values()]
-        self._snapshot = _Snapshot(found)
-        self._packed, self._recheck = True, False
-        self._groups = groups(loose)
-        hook = _CopyPackedEntries(self)
+        handle = _PackHandle(self)
+        for pack in self._packs:
+            for tensor in pack.tensors:
+                setattr(tensor, _tree.PACKED, handle)
+        self._found, self._packed = found, True
+        self._loose = groups(loose)
+        packed = {id(t) for pack in self._packs for t in pack.tensors}
         holders = {
-            id(target.holder()): target.holder()
-            for target in found
-            if any(pack.holds(target.tensor) for pack in self._packs)
+            id(holder): holder
+            for entry in found
+            if id(entry.raw) in packed
+            for holder in [_holder(entry)]
         }
+        hook = _CopyPackedEntries(self)
         self._hooks = [
             holder.register_state_dict_post_hook(hook)  # type: ignore[no-untyped-call]
             for holder in holders.values()
         ]
 
 
-def release(tensor: Tensor) -> None:
-    """Unpack every live :class:`PackedProjection` that packed ``tensor``."""
-    for plan in _plans.live():
-        if isinstance(plan, PackedProjection):
-            plan.release(tensor)
+class _PackHandle:
+    """What a packed tensor holds of its pack (:data:`_tree.PACKED`): a weak reference.
+
+    A pickled or deep-copied tensor carries a handle to no pack.
+    """
+
+    def __init__(self, projection: PackedProjection | None) -> None:
+        self._projection = weakref.ref(projection) if projection is not None else None
+
+    def unpack(self) -> None:
+        projection = self._projection() if self._projection is not None else None
+        if projection is not None:
+            projection.unpack()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_PackHandle, (None,))
+
+
+def _holder(entry: _tree.Constrained) -> nn.Module:
+    """The module whose ``state_dict`` holds the raw tensor (the chain, when parametrized)."""
+    chain = _tree.chain_of(entry.owner, entry.name)
+    return chain if chain is not None else entry.owner
 
 
 # ---------------------------------------------------------------------------- internals
-class _Snapshot:
-    """What a plan was built from, compared with the model by identity and value.
-
-    For every target: the owner still holds the same parametrization chain (or
-    records) with the same constraints and raw tensor, and every constraint's
-    fusion key, read from its current attributes, is unchanged. Each list holds,
-    per target, where to look and what must be found there, so that most of the
-    comparison runs as ``map`` over lists rather than as Python code per tensor.
-    """
-
-    def __init__(self, found: list[Target]) -> None:
-        chained = [t for t in found if t.parametrized]
-        recorded = [t for t in found if not t.parametrized]
-        # Parametrized: owner -> its ModuleDict -> the chain -> its entries and original.
-        self.owner_modules = [t.owner.__dict__["_modules"] for t in chained]
-        chains = [t.holder() for t in chained]
-        self.chain_dicts = [c._modules for c in chains]
-        self.chain_lists = [t.owner.__dict__["_modules"]["parametrizations"] for t in chained]
-        self.chain_list_dicts = [m._modules for m in self.chain_lists]
-        self.names = [t.name for t in chained]
-        self.chains = chains
-        self.entries = [tuple(d.values()) for d in self.chain_dicts]
-        self.original_dicts = [_table_of(c, "original") for c in chains]
-        self.originals = [t.tensor for t in chained]
-        # Recorded: the records dict is replaced on every change (see _records).
-        self.owner_states = [t.owner.__dict__ for t in recorded]
-        self.records = [t.owner.__dict__.get(_records.ATTRIBUTE) for t in recorded]
-        self.tensor_dicts = [_table_of(t.owner, t.name) for t in recorded]
-        self.recorded_names = [t.name for t in recorded]
-        self.tensors = [t.tensor for t in recorded]
-        self.constraints = [c for t in found for c in t.constraints]
-        self.keys = [c.fusion_key() for c in self.constraints]
-
-    def matches(self) -> bool:
-        """Whether the model still holds every target as it was, with the same keys."""
-        return (
-            _same(map(dict.get, self.owner_modules, repeat("parametrizations")), self.chain_lists)
-            and _same(map(dict.get, self.chain_list_dicts, self.names), self.chains)
-            and list(map(tuple, map(dict.values, self.chain_dicts))) == self.entries
-            and _same(map(dict.get, self.original_dicts, repeat("original")), self.originals)
-            and _same(map(dict.get, self.owner_states, repeat(_records.ATTRIBUTE)), self.records)
-            and _same(map(dict.get, self.tensor_dicts, self.recorded_names), self.tensors)
-            and [c.fusion_key() for c in self.constraints] == self.keys
-        )
-
-
-def _same(found: Iterable[object], expected: list[Any]) -> bool:
-    """Whether ``found`` holds the very objects of ``expected``, in order."""
-    return all(map(operator.is_, found, expected))
-
-
-def _table_of(module: nn.Module, name: str) -> dict[str, Any]:
-    """The dict of ``module`` (parameters or buffers) that holds ``name``."""
-    return module._parameters if name in module._parameters else module._buffers
-
-
 @dataclass
 class _Member:
     """A tensor to pack, the constraints applied to it, and the key of its run.
@@ -279,44 +246,71 @@ class _Member:
     flat: bool
 
 
-@dataclass
 class _Run:
-    """Consecutive members projected together through one view."""
+    """Consecutive members projected together through one view, by the first one's constraints.
 
-    constraints: tuple[Constraint, ...]
-    view: Tensor
+    Each call reads, from every member's constraints, the attributes their
+    configuration names (``get_config``), and compares them by value with what they
+    were when packed: equal, the run is projected at once; not (``box.max = 0.05`` on
+    one member), each member is projected by its own constraints.
+    """
+
+    def __init__(
+        self, view: Tensor, chains: list[tuple[Constraint, ...]], tensors: list[Tensor]
+    ) -> None:
+        self.view, self.chains, self.tensors = view, chains, tensors
+        self.constraints = chains[0]
+        self._config: list[tuple[Callable[[Any], Any], list[object], list[Constraint]]] = []
+        for position, first in enumerate(self.constraints if len(chains) > 1 else ()):
+            names = list(first.get_config())
+            getter = attrgetter(*names) if names else (lambda c: ())
+            members = [chain[position] for chain in chains]
+            self._config.append((getter, list(map(getter, members)), members))
+
+    def project_(self) -> None:
+        if all(list(map(getter, members)) == packed for getter, packed, members in self._config):
+            for constraint in self.constraints:
+                constraint.project_(self.view)
+            return
+        for chain, tensor in zip(self.chains, self.tensors, strict=True):
+            for constraint in chain:
+                constraint.project_(tensor)
 
 
-def _select(module: nn.Module, found: list[Target]) -> tuple[list[_Member], list[Target]]:
-    """Split ``found`` into members to pack and targets left as they are."""
+def _select(
+    module: nn.Module, found: list[_tree.Constrained]
+) -> tuple[list[_Member], list[_tree.Constrained]]:
+    """Split ``found`` into members to pack and records left as they are."""
     storage_users: dict[int, int] = {}
     for tensor in [*module.parameters(), *module.buffers()]:
         if _is_packable(tensor):
             ptr = tensor.untyped_storage().data_ptr()
             storage_users[ptr] = storage_users.get(ptr, 0) + 1
-    targets_per_tensor: dict[int, int] = {}
-    for target in found:
-        targets_per_tensor[id(target.tensor)] = targets_per_tensor.get(id(target.tensor), 0) + 1
+    names_per_tensor: dict[int, int] = {}
+    for entry in found:
+        names_per_tensor[id(entry.raw)] = names_per_tensor.get(id(entry.raw), 0) + 1
     members: list[_Member] = []
-    loose: list[Target] = []
-    for index, target in enumerate(found):
-        tensor = target.tensor
+    loose: list[_tree.Constrained] = []
+    for index, entry in enumerate(found):
         if (
-            not _is_packable(tensor)
-            or targets_per_tensor[id(tensor)] != 1
-            or storage_users.get(tensor.untyped_storage().data_ptr()) != 1  # tied
+            entry.raw is None
+            or not entry.constraints
+            or not _is_packable(entry.raw)
+            or names_per_tensor[id(entry.raw)] != 1
+            or storage_users.get(entry.raw.untyped_storage().data_ptr()) != 1  # tied
         ):
-            loose.append(target)
+            loose.append(entry)
             continue
-        key = target.chain_key()
-        flat = key is not None and all(c.elementwise for c in target.constraints)
+        tensor = entry.raw
+        key = chain_key(entry.constraints)
+        flat = key is not None and all(c.elementwise for c in entry.constraints)
         if key is None:
             run_key: Hashable = ("alone", index)
         elif flat:
             run_key = key
         else:
             run_key = (key, tuple(tensor.shape), tuple(tensor.stride()))
-        members.append(_Member(tensor, target.constraints, run_key, flat))
+        members.append(_Member(tensor, entry.constraints, run_key, flat))
     return members, loose
 
 
@@ -335,27 +329,23 @@ class _Pack:
         ordered = [member for group in by_key.values() for member in group]
         for chunk in _chunks(ordered, max_bytes):
             self._fill(chunk)
-        self.ptrs = _kernels.data_ptrs(self.tensors)
-        self.indices = list(range(len(self.tensors)))
-        self.buffer_ptrs = _kernels.data_ptrs(self.buffers)
+        self.ptrs = list(map(Tensor.data_ptr, self.tensors))
+        self.buffer_ptrs = list(map(Tensor.data_ptr, self.buffers))
 
     def project_(self) -> None:
         for run in self.runs:
-            for constraint in run.constraints:
-                constraint.project_(run.view)
+            run.project_()
 
-    def intact(self) -> bool:
+    def follows_model(self) -> bool:
         """Whether every buffer has its memory and every tensor still views its slot.
 
         A storage resized in place (``untyped_storage().resize_(0)``) gets a new data
         pointer, or none; a tensor rebound with ``.data = ...`` views another one.
         """
-        return _kernels.data_ptrs(self.buffers) == self.buffer_ptrs and (
-            _kernels.data_ptrs_equal(self.tensors, self.ptrs, self.indices)
+        return (
+            list(map(Tensor.data_ptr, self.buffers)) == self.buffer_ptrs
+            and list(map(Tensor.data_ptr, self.tensors)) == self.ptrs
         )
-
-    def holds(self, tensor: Tensor) -> bool:
-        return any(tensor is member for member in self.tensors)
 
     def release(self) -> None:
         """Give every tensor still viewing a buffer a storage of its own.
@@ -366,6 +356,7 @@ class _Pack:
         buffers = {b.untyped_storage().data_ptr() for b in self.buffers}
         copies: dict[tuple[int, int], Tensor] = {}  # by (storage, offset)
         for tensor in self.tensors:
+            tensor.__dict__.pop(_tree.PACKED, None)
             if tensor.device.type == "meta":
                 continue
             if tensor.untyped_storage().data_ptr() not in buffers:
@@ -375,7 +366,7 @@ class _Pack:
                 copies[slot] = tensor.data.clone()
             tensor.data = copies[slot]
         self.tensors, self.runs, self.buffers = [], [], []
-        self.ptrs, self.indices, self.buffer_ptrs = [], [], []
+        self.ptrs, self.buffer_ptrs = [], []
 
     def _fill(self, chunk: list[_Member]) -> None:
         sizes = [_slot_elems(m.tensor) for m in chunk]
@@ -459,13 +450,13 @@ def _run(buffer: Tensor, members: list[_Member], start: int, end: int) -> _Run:
     """The view through which ``members``, packed in ``buffer[start:end]``, are projected."""
     first = members[0]
     if first.flat:
-        return _Run(first.constraints, buffer[start:end])
-    shape, stride = first.tensor.shape, first.tensor.stride()
-    if len(members) == 1:
-        return _Run(first.constraints, buffer.as_strided(shape, stride, start))
-    slot = _slot_elems(first.tensor)
-    view = buffer.as_strided((len(members), *shape), (slot, *stride), start)
-    return _Run(first.constraints, view)
+        view = buffer[start:end]
+    elif len(members) == 1:
+        view = buffer.as_strided(first.tensor.shape, first.tensor.stride(), start)
+    else:
+        shape, stride, slot = first.tensor.shape, first.tensor.stride(), _slot_elems(first.tensor)
+        view = buffer.as_strided((len(members), *shape), (slot, *stride), start)
+    return _Run(view, [m.constraints for m in members], [m.tensor for m in members])
 
 
 def _chunks(members: list[_Member], max_bytes: int) -> list[list[_Member]]:

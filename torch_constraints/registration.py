@@ -8,25 +8,36 @@ Two modes, chosen per call with ``parametrize``:
   access, the raw tensor lives in ``module.parametrizations.weight.original`` (the
   same Parameter object as before, so existing optimizers keep working), and
   :func:`torch.nn.utils.parametrize.remove_parametrizations` removes them.
-* ``parametrize=False`` records the constraint on the module (see ``_records``)
-  and leaves the module as it is: the raw tensor is projected once at
-  registration and then by :func:`~torch_constraints.hard_project`, after each
-  optimizer step, as Keras applies ``kernel_constraint``.
+* ``parametrize=False`` records the constraint on the module and leaves the module
+  as it is: the raw tensor is projected once at registration and then by
+  :func:`~torch_constraints.hard_project`, after each optimizer step, as Keras applies
+  ``kernel_constraint``.
+
+Where each mode keeps its constraints, and the walk that reads them, is
+``torch_constraints._tree``; the argument checks are ``torch_constraints._validation``.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import TypeVar, cast
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
-from torch.nn.utils.parametrize import ParametrizationList
 
-from . import _classes, _plans, _records, _state_hooks, _tied, packing, registry
+from . import _classes, _ties, _tree, checkpoint, registry
+from ._validation import (
+    Include,
+    describe,
+    is_internal,
+    require_bool,
+    require_module,
+    resolve,
+    selector,
+    type_name,
+)
 from .base import Constraint
 from .box import Box
 from .functional import Bound
@@ -34,16 +45,6 @@ from .functional import Bound
 __all__ = ["constrain", "constrain_all", "named_constraints", "unconstrain"]
 
 M = TypeVar("M", bound=nn.Module)
-
-#: What ``include`` of :func:`constrain_all` accepts.
-Include = (
-    type[nn.Module]
-    | tuple[type[nn.Module], ...]
-    | str
-    | Collection[str]
-    | Callable[[str, nn.Module, str], bool]
-    | None
-)
 
 
 def constrain(
@@ -54,6 +55,7 @@ def constrain(
     *,
     straight_through: bool = False,
     parametrize: bool = True,
+    project_now: bool = True,
 ) -> M:
     """Constrain the tensor ``module.<name>``: in the forward pass, or after each step.
 
@@ -79,7 +81,20 @@ def constrain(
     on the same tensor stacks after the first; one of the same class is an error:
     :func:`unconstrain` first to replace it. On a tensor that already carries
     another library's parametrization, the constraint applies to that
-    parametrization's output in the forward pass; ``hard_project`` leaves it alone.
+    parametrization's output in the forward pass only: there is no raw tensor of that
+    value to write back to, so ``hard_project`` leaves it alone.
+
+    ``project_now=False`` leaves the stored values as they are, to match a run that
+    applies its constraint after each update only (Keras' ``kernel_constraint``) or
+    projects in the forward pass only (braindecode's max-norm parametrization) from
+    the first step on: the forward pass (``parametrize=True``) sees the projection at
+    once, and the raw tensor is projected by the first ``hard_project``.
+
+    A tensor reachable under several names (tied weights) is constrained as one
+    tensor: with ``parametrize=False`` under any of its names (the same constraint
+    under another name is accepted, a different one refused, whichever module the
+    calls go through); a parametrization of it is refused, since the other names
+    would read the raw values.
 
     Args:
         module: the module owning the tensor (any module type).
@@ -94,6 +109,8 @@ def constrain(
             frozen at zero gradient (``parametrize=True`` only). Default: ``False``.
         parametrize: register a parametrization (``True``) or only record the
             constraint for ``hard_project`` (``False``). Default: ``True``.
+        project_now: project the stored values now (``True``), or leave them as they
+            are until the first ``hard_project`` (``False``). Default: ``True``.
 
     Returns:
         ``module``, for chaining.
@@ -102,8 +119,10 @@ def constrain(
         TypeError: for a non-floating-point or sparse tensor, or arguments of the
             wrong type.
         ValueError: for a missing tensor, invalid bounds, a constraint that cannot
-            apply to the tensor, or a tensor already constrained by a constraint of
-            the same class. Nothing is changed.
+            apply to the tensor, a tensor already constrained by a constraint of the
+            same class, a tie the constraint cannot honour, or a parametrization of a
+            buffer its module updates in place (BatchNorm's running statistics). Nothing
+            is changed.
 
     Example:
         >>> import torch
@@ -116,19 +135,22 @@ def constrain(
         >>> type(plain).__name__, bool(plain.weight.abs().max() <= 0.5)
         ('Linear', True)
     """
-    _require_module(module, "constrain")
-    _require_bool(straight_through, "straight_through")
-    _require_bool(parametrize, "parametrize")
-    owner, tensor_name = _resolve(module, name)
-    where = _describe(owner, tensor_name)
+
+    require_module(module, "constrain")
+    require_bool(straight_through, "straight_through")
+    require_bool(parametrize, "parametrize")
+    require_bool(project_now, "project_now")
+    owner, tensor_name = resolve(module, name)
+    where = describe(owner, tensor_name)
     template = _as_constraint(min, max, where)
-    aliases = _tied.Aliases(module)
+    in_root = _ties.aliases(module)
+    _ties.check_tree(module, in_root)
     constraint = _prepare(
-        template, owner, tensor_name, where, straight_through, parametrize, aliases
+        template, owner, tensor_name, where, straight_through, parametrize, in_root
     )
-    _register(owner, tensor_name, constraint, parametrize)
+    _register(owner, tensor_name, constraint, parametrize, project_now)
     if parametrize:
-        _state_hooks.attach_root(module)  # checks a whole checkpoint before the first copy
+        checkpoint.attach_root(module)  # checks a whole checkpoint before the first copy
     return module
 
 
@@ -140,6 +162,7 @@ def constrain_all(
     include: Include = None,
     straight_through: bool = False,
     parametrize: bool = True,
+    project_now: bool = True,
 ) -> list[str]:
     """Constrain many parameters of a module tree at once; return their qualified names.
 
@@ -152,7 +175,9 @@ def constrain_all(
       name). Note that normalisation layers call their scales ``weight`` too;
     * a predicate ``(qualified_name, module, tensor_name) -> bool``.
 
-    Only floating-point parameters are considered. The call is atomic: every
+    Only floating-point parameters are considered. It returns names (where
+    :func:`constrain` returns the module) because which tensors matched is what the
+    caller does not know in advance. The call is atomic: every
     target is checked, and the constraint tried on its current value, before the
     first one is constrained; when one fails, nothing is changed and the error
     names it. Each tensor gets its own copy of the constraint.
@@ -165,6 +190,7 @@ def constrain_all(
         include: which parameters to constrain, as above. Default: all.
         straight_through: as in :func:`constrain`. Default: ``False``.
         parametrize: as in :func:`constrain`. Default: ``True``.
+        project_now: as in :func:`constrain`. Default: ``True``.
 
     Returns:
         The qualified names of the constrained tensors, such as ``["0.weight", "0.bias"]``.
@@ -182,19 +208,22 @@ def constrain_all(
         >>> constrain_all(nn.Sequential(nn.Linear(2, 2)), max=1.0, include={"weight"})
         ['0.weight']
     """
-    _require_module(module, "constrain_all")
-    _require_bool(straight_through, "straight_through")
-    _require_bool(parametrize, "parametrize")
+
+    require_module(module, "constrain_all")
+    require_bool(straight_through, "straight_through")
+    require_bool(parametrize, "parametrize")
+    require_bool(project_now, "project_now")
     template = _as_constraint(min, max, type_name(module))
-    select = _selector(include)
-    aliases = _tied.Aliases(module)
+    select = selector(include)
+    in_root = _ties.aliases(module)
+    _ties.check_tree(module, in_root)
     prepared: list[tuple[str, nn.Module, str, Constraint]] = []
-    for qualname, owner, tensor_name in _parameter_slots(module):
+    for qualname, owner, tensor_name in _floating_parameters(module):
         if not select(qualname, owner, tensor_name):
             continue
         where = f"{qualname} ({type_name(owner)})"
         constraint = _prepare(
-            template, owner, tensor_name, where, straight_through, parametrize, aliases
+            template, owner, tensor_name, where, straight_through, parametrize, in_root
         )
         prepared.append((qualname, owner, tensor_name, constraint))
     if not prepared:
@@ -203,9 +232,9 @@ def constrain_all(
             f"include={include!r}"
         )
     for _, owner, tensor_name, constraint in prepared:
-        _register(owner, tensor_name, constraint, parametrize)
+        _register(owner, tensor_name, constraint, parametrize, project_now)
     if parametrize:
-        _state_hooks.attach_root(module)  # checks a whole checkpoint before the first copy
+        checkpoint.attach_root(module)  # checks a whole checkpoint before the first copy
     return [qualname for qualname, *_ in prepared]
 
 
@@ -239,19 +268,21 @@ def unconstrain(module: M, name: str | None = None, *, leave_constrained: bool =
         >>> type(unconstrain(layer, "weight")).__name__
         'Linear'
     """
-    _require_module(module, "unconstrain")
-    _require_bool(leave_constrained, "leave_constrained")
+
+    require_module(module, "unconstrain")
+    require_bool(leave_constrained, "leave_constrained")
     if name is None:
-        for slot in list(constrained_slots(module)):
-            _remove(slot, leave_constrained)
-        _state_hooks.detach(module)
-        return module
-    owner, tensor_name = _resolve(module, name)
-    found = _slot(owner, tensor_name)
-    if found is None:
-        raise ValueError(f"{_describe(owner, tensor_name)} is not constrained by torch_constraints")
-    _remove(found, leave_constrained)
-    _state_hooks.detach(module)
+        for entry in _tree.constrained(module):
+            _remove(entry, leave_constrained)
+    else:
+        owner, tensor_name = resolve(module, name)
+        found = _tree.find(owner, tensor_name)
+        if found is None:
+            raise ValueError(
+                f"{describe(owner, tensor_name)} is not constrained by torch_constraints"
+            )
+        _remove(found, leave_constrained)
+    checkpoint.detach(module)
     return module
 
 
@@ -264,6 +295,9 @@ def named_constraints(module: nn.Module) -> Iterator[tuple[str, Constraint]]:
 
     Raises:
         TypeError: if ``module`` is not an ``nn.Module``.
+        ValueError: if a parametrized tensor of the tree is also read, unconstrained,
+            under another name (tied weights), or two names of one tensor carry
+            different constraints.
 
     Example:
         >>> from torch import nn
@@ -273,123 +307,14 @@ def named_constraints(module: nn.Module) -> Iterator[tuple[str, Constraint]]:
         >>> list(named_constraints(model))
         [('0.weight', Box(min=0.0, max=1.0))]
     """
-    _require_module(module, "named_constraints")
-    return _named_constraints(module)
 
-
-def _named_constraints(module: nn.Module) -> Iterator[tuple[str, Constraint]]:
-    for slot in constrained_slots(module):
-        for constraint in slot.constraints():
-            yield slot.qualname, constraint
-
-
-# ---------------------------------------------------------------------- the tree
-@dataclass(frozen=True)
-class Slot:
-    """A tensor that carries at least one of this library's constraints.
-
-    ``parametrized`` tells the mode: a parametrization chain
-    (``module.parametrizations[tensor_name]``), or constraints recorded on the
-    module (``parametrize=False``).
-    """
-
-    qualname: str
-    module: nn.Module
-    tensor_name: str
-    parametrized: bool
-
-    @property
-    def chain(self) -> ParametrizationList:
-        return chain_of(self.module, self.tensor_name)
-
-    def constraints(self) -> list[Constraint]:
-        """This library's constraints on the tensor, in registration order."""
-        if self.parametrized:
-            return our_constraints(self.module, self.tensor_name)
-        return list(_records.constraints(self.module, self.tensor_name))
-
-    def raw(self) -> Tensor | None:
-        """The stored tensor ``hard_project`` writes, or ``None`` if there is none."""
-        if not self.parametrized:
-            return _records.tensor(self.module, self.tensor_name)
-        chain = self.chain
-        return chain.original if chain.is_tensor else None
-
-    def leading_constraints(self) -> list[Constraint]:
-        """The constraints applied directly to the raw tensor, in order (what hard_project uses)."""
-        if not self.parametrized:
-            return self.constraints()
-        chain = self.chain
-        leading: list[Constraint] = []
-        if not chain.is_tensor:
-            return leading
-        for entry in chain:
-            if not isinstance(entry, Constraint):
-                break
-            leading.append(entry)
-        return leading
-
-
-def constrained_slots(module: nn.Module) -> Iterator[Slot]:
-    """Yield every tensor in the tree that carries one of this library's constraints."""
-    for prefix, owner in _named_modules(module):
-        for tensor_name in _records.names(owner):
-            yield Slot(_join(prefix, tensor_name), owner, tensor_name, parametrized=False)
-        if not parametrize.is_parametrized(owner):
-            continue
-        for tensor_name in _parametrizations(owner):
-            if any(isinstance(entry, Constraint) for entry in chain_of(owner, tensor_name)):
-                yield Slot(_join(prefix, tensor_name), owner, tensor_name, parametrized=True)
-
-
-def _slot(module: nn.Module, tensor_name: str) -> Slot | None:
-    if _records.constraints(module, tensor_name):
-        return Slot(tensor_name, module, tensor_name, parametrized=False)
-    if our_constraints(module, tensor_name):
-        return Slot(tensor_name, module, tensor_name, parametrized=True)
-    return None
-
-
-def our_constraints(module: nn.Module, tensor_name: str) -> list[Constraint]:
-    """This library's constraints in the parametrization of ``module.<tensor_name>``, in order."""
-    if not parametrize.is_parametrized(module, tensor_name):
-        return []
-    return [entry for entry in chain_of(module, tensor_name) if isinstance(entry, Constraint)]
-
-
-def chain_of(module: nn.Module, tensor_name: str) -> ParametrizationList:
-    """``module.parametrizations[tensor_name]``, typed."""
-    return cast(ParametrizationList, _parametrizations(module)[tensor_name])
-
-
-def _parametrizations(module: nn.Module) -> nn.ModuleDict:
-    return cast(nn.ModuleDict, module.parametrizations)
-
-
-def _named_modules(module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    # Parametrization internals (the lists holding `original`, the constraints
-    # themselves) are not part of the user's model.
-    for prefix, owner in module.named_modules():
-        if not _is_internal(owner):
-            yield prefix, owner
-
-
-def _is_internal(module: nn.Module) -> bool:
-    return isinstance(module, (ParametrizationList, Constraint))
-
-
-def _parameter_slots(module: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:
-    """Yield ``(qualified_name, owner, tensor_name)`` for floating-point parameters."""
-    for prefix, owner in _named_modules(module):
-        names = [n for n, p in owner._parameters.items() if p is not None]
-        if parametrize.is_parametrized(owner):
-            for tensor_name in _parametrizations(owner):
-                chain = chain_of(owner, tensor_name)
-                if any(isinstance(t, nn.Parameter) for t in chain.parameters(recurse=False)):
-                    names.append(tensor_name)
-        for tensor_name in names:
-            if _raw_tensor(owner, tensor_name).is_floating_point():
-                yield _join(prefix, tensor_name), owner, tensor_name
+    require_module(module, "named_constraints")
+    _ties.check_tree(module)
+    return (
+        (entry.qualname, constraint)
+        for entry in _tree.constrained(module)
+        for constraint in entry.all_constraints
+    )
 
 
 # ---------------------------------------------------------------------- registering
@@ -409,6 +334,27 @@ def _as_constraint(min: Bound | Constraint | str, max: Bound, where: str) -> Con
         raise type(error)(f"{where}: {error}") from None
 
 
+def _floating_parameters(module: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:
+    """``(qualified_name, owner, tensor_name)`` of every floating-point parameter, public names.
+
+    A parametrized name counts when its chain holds a floating-point Parameter.
+    """
+    for prefix, owner in module.named_modules():
+        if is_internal(owner):
+            continue
+        held: dict[str, Tensor | None] = dict(owner.named_parameters(recurse=False))
+        if parametrize.is_parametrized(owner):
+            for name, chain in owner.parametrizations.items():
+                held[name] = next(chain.parameters(recurse=False), None)
+        for tensor_name, tensor in held.items():
+            if tensor is not None and tensor.is_floating_point():
+                yield (f"{prefix}.{tensor_name}" if prefix else tensor_name), owner, tensor_name
+
+
+#: Buffers that modules update in place in their forward pass (BatchNorm, InstanceNorm).
+_UPDATED_IN_PLACE = ("running_mean", "running_var")
+
+
 def _prepare(
     template: Constraint,
     module: nn.Module,
@@ -416,7 +362,7 @@ def _prepare(
     where: str,
     straight_through: bool,
     parametrized: bool,
-    aliases: _tied.Aliases,
+    in_root: dict[int, list[tuple[str, nn.Module, str]]],
 ) -> Constraint:
     """Check ``template`` against the tensor and return a bound copy; changes nothing.
 
@@ -427,11 +373,18 @@ def _prepare(
     if not isinstance(template, Constraint):
         raise TypeError(f"{where}: expected a Constraint, got {type(template).__name__}")
     straight_through = straight_through or template.straight_through
-    recorded = _records.constraints(module, tensor_name)
+    recorded = _tree.recorded(module).get(tensor_name, ())
     if parametrized and recorded:
         raise ValueError(
             f"{where} is already constrained with parametrize=False by {recorded[0]!r}; "
             "constrain it in the same mode, or unconstrain it first"
+        )
+    if parametrized and tensor_name in _UPDATED_IN_PLACE and hasattr(module, "track_running_stats"):
+        raise ValueError(
+            f"{where}: {type_name(module)} updates this buffer in place in its forward pass; "
+            "a parametrization would have it update a temporary copy, and the statistic would "
+            "stop changing. Use parametrize=False: the buffer then updates as usual, and "
+            "hard_project keeps it in the set after each step"
         )
     if not parametrized:
         if straight_through:
@@ -445,15 +398,18 @@ def _prepare(
                 "plain tensors only: unconstrain it (or remove its parametrizations) first, "
                 "or use parametrize=True"
             )
-    existing = recorded if not parametrized else tuple(our_constraints(module, tensor_name))
+    existing = recorded if not parametrized else tuple(_tree.our_constraints(module, tensor_name))
     for other in existing:
         if type(other) is type(template):
             raise ValueError(
                 f"{where} is already constrained by {other!r}; call "
                 f"unconstrain(module, {tensor_name!r}) first to replace it"
             )
-    raw = _raw_tensor(module, tensor_name)
-    _check_tied(template, raw, module, tensor_name, where, parametrized, aliases)
+    raw = _tree.raw_tensor(module, tensor_name)
+    if raw is not None:
+        _ties.check_new(template, raw, module, tensor_name, where, parametrized, in_root)
+    else:  # a chain of several tensors (weight_norm): the constraint sees its output
+        raw = getattr(module, tensor_name).detach()
     template.check(raw, where)
     constraint = copy.deepcopy(template)
     constraint.straight_through = straight_through
@@ -462,53 +418,12 @@ def _prepare(
     return constraint
 
 
-def _check_tied(
-    template: Constraint,
-    raw: Tensor,
-    module: nn.Module,
-    tensor_name: str,
-    where: str,
-    parametrized: bool,
-    aliases: _tied.Aliases,
-) -> None:
-    """Refuse what tied weights cannot take (see ``_tied``); changes nothing."""
-    others = aliases.others(raw, module, tensor_name)
-    if not others:
-        return
-    names = ", ".join(repr(qualname) for qualname, _, _ in others)
-    if parametrized:
-        raise ValueError(
-            f"{where} is one Parameter with {names} (tied weights): a parametrization "
-            "would constrain this name only, and the others would read the raw tensor. "
-            "Use parametrize=False, which constrains the tensor itself, for every name"
-        )
-    for qualname, owner, name in others:
-        if our_constraints(owner, name):
-            raise ValueError(
-                f"{where} is one Parameter with {qualname!r}, which carries a "
-                "parametrization; unconstrain it first, then constrain the tensor once "
-                "with parametrize=False"
-            )
-        recorded = _records.constraints(owner, name)
-        if recorded and not any(_tied.same_constraint(c, template) for c in recorded):
-            raise ValueError(
-                f"{where} is one Parameter with {qualname!r}, already constrained by "
-                f"{', '.join(map(repr, recorded))}; two names of one tensor cannot hold it "
-                f"in different sets: constrain it under one name (add {template!r} there "
-                "to stack it)"
-            )
-
-
 @torch.no_grad()
 def _try_on_current_value(
     constraint: Constraint, module: nn.Module, tensor_name: str, where: str
 ) -> None:
     """Project the value the constraint will act on, and check what comes back."""
-    value = (
-        getattr(module, tensor_name)
-        if parametrize.is_parametrized(module, tensor_name)
-        else (_raw_tensor(module, tensor_name))
-    )
+    value = getattr(module, tensor_name)  # the value the constraint will act on
     try:
         result = constraint.project(value.detach())
     except Exception as error:  # a custom project() may raise anything: name the tensor
@@ -525,51 +440,64 @@ def _try_on_current_value(
         )
 
 
+@torch.no_grad()
 def _register(
-    module: nn.Module, tensor_name: str, constraint: Constraint, parametrized: bool
+    module: nn.Module,
+    tensor_name: str,
+    constraint: Constraint,
+    parametrized: bool,
+    project_now: bool,
 ) -> None:
-    _plans.changed()  # live packed projections re-check their plans
+    raw = _tree.raw_tensor(module, tensor_name)
+    if raw is None:  # stacked on a chain of several tensors: acts in the forward pass only
+        parametrize.register_parametrization(module, tensor_name, constraint)
+        _classes.share(module)
+        checkpoint.attach(module)
+        return
+    _tree.release_pack(raw)  # a packed tensor gets its own storage back first
+    has_values = raw.device.type != "meta"
     if not parametrized:
-        raw = _raw_tensor(module, tensor_name)
-        with torch.no_grad():
-            constraint.project_(raw)
-        _records.add(module, tensor_name, constraint)
+        if project_now and has_values:
+            raw.copy_(constraint.project(raw))  # the full projection (MinMaxNorm's rate: 1)
+        _tree.record(module, tensor_name, constraint)
+        _ties.mark(raw, module, tensor_name)
         return
     stacked = parametrize.is_parametrized(module, tensor_name)
-    if not stacked:
+    kept = raw.clone() if not project_now and has_values else None
+    if not stacked and has_values:
         # In place, so that right_inverse finds the raw tensor feasible and returns it
         # as it is: PyTorch's set_ then keeps its storage (and every alias of it).
-        raw = _raw_tensor(module, tensor_name)
-        if raw.device.type != "meta":
-            with torch.no_grad():
-                raw.copy_(constraint.project(raw))
+        raw.copy_(constraint.project(raw))
     parametrize.register_parametrization(module, tensor_name, constraint)
     _classes.share(module)  # one class per module type: compiles once, pickles
-    _state_hooks.attach(module)  # loads plain checkpoints, records the format
-    if stacked:
-        # The first registration projected the raw value through right_inverse;
-        # a stacked one must bring it into the new set too.
-        slot = Slot("", module, tensor_name, parametrized=True)
-        with torch.no_grad():
-            for entry in slot.leading_constraints():
-                entry.project_(slot.chain.original)
+    checkpoint.attach(module)  # loads plain checkpoints, records the format
+    if kept is not None:
+        raw.copy_(kept)
+    elif stacked and has_values:
+        # The first registration projected the raw value through right_inverse; a
+        # stacked one must bring it into the new set too.
+        entry = _tree.find(module, tensor_name)
+        for leading in entry.constraints if entry is not None else ():
+            raw.copy_(leading.project(raw))
+    _ties.mark(raw, module, tensor_name)
 
 
-def _remove(slot: Slot, leave_constrained: bool) -> None:
-    module, tensor_name = slot.module, slot.tensor_name
-    _plans.changed()
-    raw = slot.raw()
+def _remove(entry: _tree.Constrained, leave_constrained: bool) -> None:
+    module, tensor_name = entry.owner, entry.name
+    raw = _tree.raw_tensor(module, tensor_name)
     if raw is not None:
-        packing.release(raw)  # frees a PackedProjection's buffer rather than keeping it alive
-    if not slot.parametrized:
+        _tree.release_pack(raw)  # frees a PackedProjection's buffer rather than keeping it alive
+        _ties.unmark(raw, module, tensor_name)
+    if not entry.parametrized:
         if leave_constrained and raw is not None:
             with torch.no_grad():
-                for entry in _records.constraints(module, tensor_name):
-                    entry.project_(raw)
-        _records.remove(module, tensor_name)
+                for constraint in entry.constraints:
+                    raw.copy_(constraint.project(raw))
+        _tree.unrecord(module, tensor_name)
         return
-    chain = chain_of(module, tensor_name)
-    positions = [i for i, entry in enumerate(chain) if isinstance(entry, Constraint)]
+    chain = _tree.chain_of(module, tensor_name)
+    assert chain is not None  # a parametrized record has its chain
+    positions = [i for i, e in enumerate(chain) if isinstance(e, Constraint)]
     if len(positions) == len(chain):
         if leave_constrained and chain.is_tensor and chain.original.device.type != "meta":
             # The forward value into the raw tensor in place, rather than PyTorch's
@@ -586,21 +514,21 @@ def _remove(slot: Slot, leave_constrained: bool) -> None:
         with torch.no_grad():
             value = getattr(module, tensor_name)
     if leave_constrained and leading:
-        # Keep the forward value by writing it into the raw tensor.
-        with torch.no_grad():
-            original = chain.original
-            for _, entry in removed:
-                original.copy_(entry.project(original))
+        with torch.no_grad():  # keep the forward value by writing it into the raw tensor
+            for _, constraint in removed:
+                chain.original.copy_(constraint.project(chain.original))
     for i, _ in reversed(removed):
         del chain[i]
     if value is not None:
         try:
             setattr(module, tensor_name, value)
         except (NotImplementedError, RuntimeError) as error:
-            for i, entry in removed:
-                chain.insert(i, entry)
+            for i, constraint in removed:
+                chain.insert(i, constraint)
+            if raw is not None:
+                _ties.mark(raw, module, tensor_name)
             raise ValueError(
-                f"{_describe(module, tensor_name)}: cannot keep the constrained values, because "
+                f"{describe(module, tensor_name)}: cannot keep the constrained values, because "
                 f"a remaining parametrization has no right_inverse ({error}); "
                 "pass leave_constrained=False"
             ) from None
@@ -608,115 +536,5 @@ def _remove(slot: Slot, leave_constrained: bool) -> None:
 
 
 def _after_removal(module: nn.Module) -> None:
-    if not parametrize.is_parametrized(module) or not any(
-        our_constraints(module, name) for name in _parametrizations(module)
-    ):
-        _state_hooks.detach(module)
+    checkpoint.detach(module)
     _classes.share(module)  # the class of the names still parametrized
-
-
-# ---------------------------------------------------------------------- helpers
-def _require_module(module: object, function: str) -> None:
-    """Refuse anything but an eager ``nn.Module``, naming ``function`` and what it got."""
-    if isinstance(module, torch.jit.ScriptModule):
-        raise TypeError(
-            f"{function}: TorchScript modules cannot carry constraints; constrain the eager "
-            "module, then script or export it"
-        )
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"{function}: expected an nn.Module, got {type(module).__name__}")
-
-
-def _require_bool(value: object, name: str) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-
-
-def _resolve(module: nn.Module, name: str) -> tuple[nn.Module, str]:
-    if not isinstance(name, str):
-        raise TypeError(f"expected a tensor name (str), got {name!r}")
-    parts = name.split(".")
-    if "parametrizations" in parts[:-1]:
-        at = parts.index("parametrizations")
-        public = ".".join(parts[:at] + parts[at + 1 : at + 2])
-        raise ValueError(
-            f"{name!r} names the inside of a parametrization, not a tensor of the model; "
-            f"constrain the tensor by its public name, {public!r}"
-        )
-    prefix, _, tensor_name = name.rpartition(".")
-    try:
-        owner = module.get_submodule(prefix) if prefix else module
-    except AttributeError:
-        raise ValueError(
-            f"{type_name(module)} has no submodule {prefix!r} (from {name!r})"
-        ) from None
-    if _is_internal(owner):
-        raise ValueError(
-            f"{name!r} belongs to a {type(owner).__name__}, part of a parametrization, not "
-            "to the model; constrain the model's tensors by their public names"
-        )
-    _raw_tensor(owner, tensor_name, _describe(owner, tensor_name))
-    return owner, tensor_name
-
-
-def _raw_tensor(module: nn.Module, tensor_name: str, where: str | None = None) -> Tensor:
-    """The raw stored tensor behind ``module.<tensor_name>``."""
-    if parametrize.is_parametrized(module, tensor_name):
-        chain = chain_of(module, tensor_name)
-        raw: Tensor = chain.original if chain.is_tensor else getattr(module, tensor_name).detach()
-        return raw
-    for table in (module._parameters, module._buffers):
-        tensor = table.get(tensor_name)
-        if tensor is not None:
-            return tensor
-    available = [n for n, _ in module.named_parameters(recurse=False)]
-    available += [n for n, _ in module.named_buffers(recurse=False)]
-    available += list(_parametrizations(module)) if parametrize.is_parametrized(module) else []
-    raise ValueError(
-        f"{where or _describe(module, tensor_name)}: {type_name(module)} has no parameter or "
-        f"buffer named {tensor_name!r}; it has: {', '.join(available) or 'none'}"
-    )
-
-
-def _selector(include: Include) -> Callable[[str, nn.Module, str], bool]:
-    if include is None:
-        return lambda qualname, module, tensor_name: True
-    if isinstance(include, nn.Module) or (
-        isinstance(include, tuple) and any(isinstance(c, nn.Module) for c in include)
-    ):
-        raise TypeError(
-            "include takes module classes, such as nn.Linear, not module instances; "
-            f"got {include!r}"
-        )
-    if isinstance(include, type) and issubclass(include, nn.Module):
-        include = (include,)
-    if isinstance(include, tuple) and include and all(isinstance(c, type) for c in include):
-        classes = include
-        return lambda qualname, module, tensor_name: isinstance(module, classes)
-    if isinstance(include, str):
-        include = {include}
-    if isinstance(include, Collection) and all(isinstance(n, str) for n in include):
-        names = set(include)
-        return lambda qualname, module, tensor_name: tensor_name in names or qualname in names
-    if callable(include):
-        predicate = cast(Callable[[str, nn.Module, str], bool], include)
-        return lambda qualname, module, tensor_name: bool(predicate(qualname, module, tensor_name))
-    raise TypeError(
-        "include must be module classes, tensor names, or a predicate "
-        f"(qualified_name, module, tensor_name) -> bool; got {include!r}"
-    )
-
-
-def _describe(module: nn.Module, tensor_name: str) -> str:
-    return f"{type_name(module)}.{tensor_name}"
-
-
-def type_name(obj: object) -> str:
-    """The class name of ``obj``; for a parametrized module, of the module before."""
-    if isinstance(obj, nn.Module):
-        return parametrize.type_before_parametrizations(obj).__name__
-    return type(obj).__name__
-
-
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name

@@ -18,8 +18,9 @@ from typing import Any
 
 from torch import nn
 
-from ..projection import hard_project, targets
-from ..registration import type_name
+from .._validation import type_name
+from ..hooks import require_projectable
+from ..projection import hard_project
 from ._logging import logged_values, require_bools
 
 __all__ = ["ProjectionCallback"]
@@ -104,12 +105,7 @@ class ProjectionCallback(_TrainerCallback):  # type: ignore[misc]
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Check that the model has constrained tensors."""
-        model = _model(kwargs)
-        if not targets(model):
-            raise ValueError(
-                f"ProjectionCallback: the Trainer's model ({type_name(model)}) has no tensor "
-                "constrained by torch_constraints; call constrain() or constrain_all() first"
-            )
+        require_projectable(_model(kwargs), "ProjectionCallback")
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Project the model's constrained tensors."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from torch_constraints import (
     MaxNorm,
@@ -12,6 +15,8 @@ from torch_constraints import (
     constrain_all,
     hard_project,
     named_constraints,
+    project_after_step,
+    unconstrain,
 )
 
 
@@ -126,3 +131,64 @@ def test_hugging_face_tied_model_refuses_parametrizations_before_changing_anythi
     assert {k: v for k, v in model.state_dict().items()}.keys() == state.keys()
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     model.resize_token_embeddings(80)  # still a plain, working model
+
+
+# --------------------------------------------------------------------- through submodules
+def test_a_different_set_through_another_submodule_is_refused_and_changes_nothing() -> None:
+    # The tie belongs to the Parameter: calls through two submodules see it too.
+    model = TiedLM()
+    constrain(model.embed, "weight", -0.03, 0.03, parametrize=False)
+    before = model.embed.weight.detach().clone()
+    with pytest.raises(ValueError, match=r"Embedding\.weight.*two names of one tensor"):
+        constrain(model.head, "weight", -0.01, 0.01, parametrize=False)
+    assert torch.equal(model.embed.weight, before)
+    assert [name for name, _ in named_constraints(model)] == ["embed.weight"]
+    constrain(model.head, "weight", -0.03, 0.03, parametrize=False)  # the same set: accepted
+    assert [name for name, _ in named_constraints(model)] == ["embed.weight", "head.weight"]
+
+
+def test_a_constraint_through_another_submodule_on_a_parametrized_tie_is_refused() -> None:
+    model = TiedLM()
+    constrain(model.embed, "weight", -0.03, 0.03)  # the submodule cannot see the head
+    before = model.embed.parametrizations.weight.original.detach().clone()
+    with pytest.raises(ValueError, match=r"Embedding\.weight, which carries a parametrization"):
+        constrain(model.head, "weight", MaxNorm(0.05, dim=1), parametrize=False)
+    with pytest.raises(ValueError, match="tied weights"):
+        constrain(model.head, "weight", MaxNorm(0.05, dim=1))
+    assert type(model.head) is nn.Linear and not hasattr(model.head, "_torch_constraints")
+    assert torch.equal(model.embed.parametrizations.weight.original, before)
+
+
+def test_every_entry_point_that_sees_both_names_reports_the_unconstrained_reader() -> None:
+    model = TiedLM()
+    constrain(model.embed, "weight", -0.03, 0.03)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    reader = r"embed\.weight \(Embedding\) is parametrized, but .*'head\.weight'"
+    with pytest.raises(ValueError, match=reader):
+        list(named_constraints(model))
+    with pytest.raises(ValueError, match=reader):
+        project_after_step(optimizer, model)
+    with pytest.raises(ValueError, match=reader):
+        constrain_all(model, -1, 1, include={"bias"})
+    with pytest.raises(ValueError, match=reader):
+        constrain(model, "head.weight", -0.03, 0.03, parametrize=False)
+    unconstrain(model.embed)
+    constrain(model, "embed.weight", -0.03, 0.03, parametrize=False)  # the way out
+    assert model.head.weight.abs().max() <= 0.03
+
+
+def test_the_mark_survives_pickling_and_a_stale_one_is_ignored() -> None:
+    model = TiedLM()
+    constrain(model.embed, "weight", -0.03, 0.03, parametrize=False)
+    copy = pickle.loads(pickle.dumps(model))
+    with pytest.raises(ValueError, match="two names of one tensor"):
+        constrain(copy.head, "weight", -0.01, 0.01, parametrize=False)
+    unconstrain(model.embed)  # through this library: the mark goes too
+    constrain(model.head, "weight", -0.01, 0.01, parametrize=False)
+    layer = nn.Linear(2, 2)
+    other = nn.Linear(2, 2)
+    constrain(layer, "weight", -1, 1)
+    weight = layer.parametrizations.weight.original
+    parametrize.remove_parametrizations(layer, "weight")  # PyTorch's own: the mark is stale
+    other.weight = weight
+    constrain(other, "weight", MaxNorm(0.5), parametrize=False)  # not refused
