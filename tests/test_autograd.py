@@ -1,32 +1,63 @@
-"""The library's own clamp and straight-through gradients."""
+"""The library's own clamp and straight-through gradients.
+
+``clamp`` takes two paths: ``torch.clamp`` below ``FUSED_BACKWARD_NUMEL`` elements,
+its own one-pass backward from there on; every property is checked on both.
+"""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from torch_constraints._autograd import clamp, straight_through
+from torch_constraints._autograd import FUSED_BACKWARD_NUMEL, clamp, straight_through
+
+PATHS = pytest.mark.parametrize("repeat", [1, FUSED_BACKWARD_NUMEL], ids=["small", "fused"])
 
 
-def test_clamp_gradient_passes_inside_and_on_the_bounds_and_stops_outside() -> None:
-    x = torch.tensor([-2.0, -1.0, 0.0, 1.0, 2.0], requires_grad=True)
-    clamp(x, -1.0, 1.0).backward(torch.ones(5))
+def tiled(values: list[float], repeat: int) -> torch.Tensor:
+    return torch.tensor(values).repeat(repeat).requires_grad_()
+
+
+@PATHS
+def test_clamp_gradient_passes_inside_and_on_the_bounds_and_stops_outside(repeat: int) -> None:
+    x = tiled([-2.0, -1.0, 0.0, 1.0, 2.0, float("nan")], repeat)
+    y = clamp(x, -1.0, 1.0)
+    assert torch.equal(y[:5], torch.clamp(x[:5], -1.0, 1.0)) and y[5].isnan()
+    y.backward(torch.ones_like(x))
     assert x.grad is not None
-    assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]
+    assert x.grad[:6].tolist() == [0.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+    assert torch.equal(x.grad, x.grad[:6].repeat(repeat))
 
 
-def test_clamp_gradient_on_a_bound_is_not_zero_in_either_direction() -> None:
+@PATHS
+def test_clamp_gradient_on_a_bound_is_not_zero_in_either_direction(repeat: int) -> None:
     # A weight saturated by hard_project sits exactly on the bound; a loss that
     # pushes it back inside must reach it.
-    x = torch.tensor([1.0], requires_grad=True)
+    x = tiled([1.0], repeat)
     clamp(x, -1.0, 1.0).sum().mul(-1).backward()  # gradient descent moves x toward 2
-    assert x.grad is not None and x.grad.item() == -1.0
+    assert x.grad is not None and x.grad.eq(-1.0).all()
     x.grad = None
     clamp(x, -1.0, 1.0).sum().backward()  # gradient descent moves x toward 0 (inside)
-    assert x.grad is not None and x.grad.item() == 1.0
+    assert x.grad is not None and x.grad.eq(1.0).all()
 
 
-def test_clamp_value_is_torch_clamp_exactly() -> None:
-    x = torch.randn(1000, requires_grad=True)
+def test_both_paths_give_the_same_values_and_gradients() -> None:
+    torch.manual_seed(0)
+    x = (torch.randn(FUSED_BACKWARD_NUMEL) * 2).requires_grad_()
+    with torch.no_grad():
+        x[::7] = 1.0  # some entries exactly on a bound
+    up = torch.randn(FUSED_BACKWARD_NUMEL)
+    fused = clamp(x, -1.0, 1.0)
+    assert fused.grad_fn is not None and "Clamp" in type(fused.grad_fn).__name__
+    (grad_fused,) = torch.autograd.grad(fused, x, up)
+    small = torch.cat([clamp(part, -1.0, 1.0) for part in x.split(1024)])
+    (grad_small,) = torch.autograd.grad(small, x, up)
+    assert torch.equal(fused, small) and torch.equal(grad_fused, grad_small)
+
+
+@PATHS
+def test_clamp_value_is_torch_clamp_exactly(repeat: int) -> None:
+    x = tiled([-2.0, -0.05, 0.2, 5.0], repeat)
     assert torch.equal(clamp(x, -0.1, 0.3), torch.clamp(x, -0.1, 0.3))
 
 
@@ -60,11 +91,10 @@ def test_without_grad_both_return_plain_values() -> None:
     assert straight_through(x, x.clamp(0, 1)).grad_fn is None
 
 
-def test_under_functorch_transforms_the_gradients_are_the_eager_ones() -> None:
-    # Eager calls use classic Functions; torch.func transforms need the
-    # setup_context forms. Both must give the same pinned gradients.
-    x = torch.tensor([-2.0, -1.0, 0.0, 1.0, 2.0])
-    weights = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+@PATHS
+def test_under_functorch_transforms_the_gradients_are_the_eager_ones(repeat: int) -> None:
+    x = torch.tensor([-2.0, -1.0, 0.0, 1.0, 2.0]).repeat(repeat)
+    weights = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0]).repeat(repeat)
     eager = x.clone().requires_grad_()
     (clamp(eager, -1.0, 1.0) * weights).sum().backward()
     transformed = torch.func.grad(lambda t: (clamp(t, -1.0, 1.0) * weights).sum())(x)

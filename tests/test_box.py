@@ -7,10 +7,11 @@ import pickle
 from fractions import Fraction
 
 import pytest
+from helpers import raw
 import torch
 from torch import nn
 
-from torch_constraints import Box, NonNeg, constrain, hard_project
+from torch_constraints import Box, NonNeg, constrain, hard_project, named_constraints
 
 
 def test_projection_reference_values() -> None:
@@ -194,3 +195,41 @@ def test_box_keeps_a_0d_tensor_as_a_tensor_bound() -> None:
 def test_box_refuses_complex_and_bool_bounds(value: object, message: str) -> None:
     with pytest.raises(TypeError, match=message):
         Box(max=value)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------- live bounds
+@pytest.mark.parametrize("parametrized", [True, False])
+def test_a_live_bound_beyond_the_dtype_is_refused_at_use_naming_the_tensor(
+    parametrized: bool,
+) -> None:
+    layer = constrain(nn.Linear(2, 3).half(), "weight", -1.0, 1.0, parametrize=parametrized)
+    (box,) = [c for _, c in named_constraints(layer)]
+    raw_weight = raw(layer, "weight") if parametrized else layer.weight
+    before = raw_weight.detach().clone()
+    box.min = 70000.0  # a float64 number, fine as a number: float16 cannot hold it
+    box.max = None
+    message = r"Linear\.weight: min=70000\.0 is above the largest finite torch\.float16"
+    if parametrized:
+        with pytest.raises(ValueError, match=message):
+            _ = layer.weight
+    with pytest.raises(ValueError, match=message):
+        hard_project(layer)
+    assert torch.equal(raw_weight.detach(), before)
+    box.min = -0.5
+    hard_project(layer)
+    assert raw_weight.detach().ge(-0.5).all()
+
+
+def test_a_live_bound_is_checked_when_assigned() -> None:
+    box = Box(-1.0, 1.0)
+    with pytest.raises(ValueError, match="max must not be NaN"):
+        box.max = float("nan")
+    with pytest.raises(TypeError, match="max must be a number, a tensor or None, got '1'"):
+        box.max = "1"  # type: ignore[assignment]
+    with pytest.raises(ValueError, match="at least one bound"):
+        box.min, box.max = None, None
+    assert (box.min, box.max) == (None, 1.0)
+    box.min, box.max = 2.0, 3.0  # crossing in between is fine: checked at use
+    with pytest.raises(ValueError, match="min must be <= max, got min=2.0, max=1.0"):
+        box.max = 1.0
+        box.project(torch.zeros(2))

@@ -614,3 +614,18 @@ def test_a_wrapper_that_starts_the_load_still_refuses_a_bad_format() -> None:
     with pytest.raises(ValueError, match=r"^model\.2: the torch-constraints checkpoint format"):
         outer.load_state_dict(state)
     assert_unchanged(inner[2], before)
+
+
+def test_plain_state_dict_of_a_parametrize_false_model_is_its_state_dict() -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2))
+    constrain_all(model, -0.05, 0.05, parametrize=False)
+    sd = plain_state_dict(model)
+    assert list(sd) == list(model.state_dict())
+    assert all(torch.equal(sd[k], v) for k, v in model.state_dict().items())
+    plain = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2))
+    plain.load_state_dict(sd)
+    assert all(p.abs().max() <= 0.05 for p in plain.parameters())
+    mixed = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2))
+    constrain(mixed, "0.weight", -0.05, 0.05, parametrize=False)
+    constrain(mixed, "1.weight", -0.05, 0.05)
+    assert sorted(plain_state_dict(mixed)) == sorted(plain.state_dict())

@@ -28,13 +28,27 @@ import torch.multiprocessing as mp
 from torch import Tensor, nn
 
 from torch_constraints import (
+    PSD,
     Box,
     Constraint,
+    L1Ball,
+    L2Ball,
+    L2Sphere,
+    LinfBall,
+    MaxNorm,
+    MinMaxNorm,
+    NonNeg,
+    Orthogonal,
     PackedProjection,
+    Simplex,
+    SpectralBall,
+    UnitNorm,
     constrain,
     constrain_all,
     hard_project,
     project_after_step,
+    saturation,
+    violation,
 )
 from torch_constraints._rounding import inward_scalar
 
@@ -301,3 +315,100 @@ def train_fsdp(rank: int, mesh: Any, parametrize: bool) -> None:
 def test_fsdp2_hard_project_on_sharded_parameters(tmp_path: Path) -> None:
     pytest.importorskip("torch.distributed.fsdp", reason="needs FSDP2")
     run_workers(fsdp_worker, tmp_path)
+
+
+# ----------------------------------------------------------------------------- every family
+def families() -> list[Constraint]:
+    """One constraint of every built-in family, for (8, 8) weights."""
+    return [
+        Box(-0.1, 0.1),
+        Box(min=-FSDP_ROW_UPPER, max=FSDP_ROW_UPPER),
+        NonNeg(),
+        LinfBall(0.2),
+        MaxNorm(0.5),
+        MinMaxNorm(0.5, 1.0),
+        UnitNorm(dim=1),
+        L2Ball(0.7),
+        L2Sphere(2.0, dim=0),
+        L1Ball(1.5),
+        Simplex(2.0, dim=0),
+        SpectralBall(0.5),
+        Orthogonal(),
+        PSD(),
+    ]
+
+
+class Layers(nn.ModuleList):
+    """One (8, 8) layer per family; the forward pass sums their mean squares."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return sum((layer(x).square().mean() for layer in self), torch.zeros(()))
+
+
+def family_model(parametrize: bool) -> Layers:
+    torch.manual_seed(0)
+    model = Layers(nn.Linear(8, 8) for _ in families())
+    for layer, constraint in zip(model, families(), strict=True):
+        constrain(layer, "weight", constraint, parametrize=parametrize)
+        with torch.no_grad():
+            raw_tensor(layer).mul_(7.0)  # start outside every set
+    return model
+
+
+def raw_tensor(layer: nn.Module) -> Tensor:
+    chains = getattr(layer, "parametrizations", None)
+    return chains.weight.original if chains is not None else layer.weight
+
+
+def assert_close_values(got: dict[str, float], want: dict[str, float], what: str) -> None:
+    assert got.keys() == want.keys(), what
+    for name, value in want.items():
+        assert abs(got[name] - value) <= 1e-5 * max(1.0, abs(value)), (what, name, got[name], value)
+
+
+def families_worker(rank: int, store: str) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.nn.parallel import DistributedDataParallel
+
+    init(rank, store)
+    mesh = init_device_mesh("cpu", (WORLD,))
+    for parametrize in (True, False):
+        what = f"parametrize={parametrize}"
+        # FSDP2: the shards are projected as the whole tensors would be.
+        model, reference = family_model(parametrize), family_model(parametrize)
+        for layer in model:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        assert_close_values(violation(model), violation(reference), f"FSDP2 {what}")
+        assert_close_values(saturation(model), saturation(reference), f"FSDP2 {what}")
+        hard_project(model)
+        hard_project(reference)
+        for i, (layer, ref) in enumerate(zip(model, reference, strict=True)):
+            torch.testing.assert_close(
+                full(raw_tensor(layer)),
+                raw_tensor(ref).detach(),
+                rtol=1e-5,
+                atol=1e-6,
+                msg=f"FSDP2 {what}: {type(families()[i]).__name__}",
+            )
+        assert max(violation(model).values()) <= 1e-5, (what, violation(model))
+        # DDP: every rank projects the same tensors alike after each step.
+        model = family_model(parametrize)
+        ddp = DistributedDataParallel(model)
+        optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1)
+        project_after_step(optimizer, ddp)
+        for step in range(2):
+            x, _ = batch(step, rank)
+            optimizer.zero_grad()
+            ddp(x[:, :1].repeat(1, 8)).backward()
+            optimizer.step()
+            for i, layer in enumerate(model):
+                assert_same_on_all_ranks([raw_tensor(layer)], f"DDP {what} {families()[i]!r}")
+        assert max(violation(model).values()) <= 1e-5, (what, violation(model))
+    shutdown()
+
+
+def test_every_family_and_the_monitoring_under_fsdp2_and_ddp(tmp_path: Path) -> None:
+    pytest.importorskip("torch.distributed.fsdp", reason="needs FSDP2")
+    run_workers(families_worker, tmp_path)

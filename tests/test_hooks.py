@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
-from torch_constraints import constrain_all, project_after_step
+from torch_constraints import (
+    MaxNorm,
+    constrain,
+    constrain_all,
+    named_constraints,
+    project_after_step,
+)
 
 
 def setup() -> tuple[nn.Linear, torch.optim.Optimizer]:
@@ -45,3 +52,32 @@ def test_bad_arguments() -> None:
         project_after_step(optimizer, optimizer)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="Linear has no tensor constrained by torch_constraints"):
         project_after_step(optimizer, nn.Linear(2, 2))
+
+
+def test_a_model_with_nothing_constrained_is_refused_and_says_what_to_do() -> None:
+    layer = nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"no tensor constrained.*constrain\(\)"):
+        project_after_step(optimizer, layer)
+
+
+class Scaled(nn.Module):
+    """Another library's parametrization (braindecode's max-norm is one)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 0.5
+
+
+def test_constraints_stacked_on_another_parametrization_are_explained() -> None:
+    layer = nn.Linear(2, 2)
+    parametrize.register_parametrization(layer, "weight", Scaled())
+    constrain(layer, "weight", MaxNorm(0.25))  # acts on Scaled's output: forward only
+    assert [name for name, _ in named_constraints(layer)] == ["weight"]
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    with pytest.raises(
+        ValueError,
+        match=r"weight \(Linear\) carries MaxNorm.*stacked after another library's "
+        r"parametrization.*no stored tensor",
+    ):
+        project_after_step(optimizer, layer)
+    assert torch.linalg.vector_norm(layer.weight, dim=1).max() <= 0.25 * (1 + 1e-6)

@@ -15,6 +15,8 @@ from torch.nn.utils import parametrize
 from torch_constraints import (
     Box,
     Constraint,
+    MaxNorm,
+    MinMaxNorm,
     NonNeg,
     constrain,
     constrain_all,
@@ -579,3 +581,49 @@ def test_registration_removal_and_assignment_keep_the_raw_storage(step: str) -> 
         unconstrain(layer, "weight", leave_constrained=True)
     assert weight.data_ptr() == pointer and alias.data_ptr() == pointer
     assert bool(alias.abs().max() <= 0.1)
+
+
+def test_a_missing_submodule_error_lists_the_submodules_that_exist() -> None:
+    model = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.Linear(2, 2)))
+    with pytest.raises(
+        ValueError, match=r"no submodule 'fc'.*of the root \(Sequential\) are: 0, 1"
+    ):
+        constrain(model, "fc.weight", -1, 1)
+    with pytest.raises(ValueError, match=r"no submodule '1\.fc'.*of 1 \(Sequential\) are: 0$"):
+        constrain(model, "1.fc.weight", -1, 1)
+
+
+# --------------------------------------------------------------------------- project_now
+@pytest.mark.parametrize("parametrized", [True, False])
+def test_project_now_false_leaves_the_stored_values_until_the_first_projection(
+    parametrized: bool,
+) -> None:
+    torch.manual_seed(0)
+    layer = nn.Linear(8, 4)
+    with torch.no_grad():
+        layer.weight.mul_(10)
+    weight = layer.weight
+    before = weight.detach().clone()
+    pointer = weight.data_ptr()
+    constrain(layer, "weight", MaxNorm(0.25, dim=0), parametrize=parametrized, project_now=False)
+    assert raw(layer, "weight") is weight and weight.data_ptr() == pointer
+    assert torch.equal(weight.detach(), before)  # the stored values, as they were
+    if parametrized:  # the forward pass sees the projection at once
+        assert torch.linalg.vector_norm(layer.weight, dim=1).max() <= 0.25 * (1 + 1e-6)
+    hard_project(layer)
+    assert torch.linalg.vector_norm(weight.detach(), dim=1).max() <= 0.25 * (1 + 1e-6)
+
+
+def test_project_now_must_be_a_bool() -> None:
+    with pytest.raises(TypeError, match="project_now must be True or False, got 0"):
+        constrain(nn.Linear(2, 2), "weight", -1, 1, project_now=0)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("parametrized", [True, False])
+def test_registration_applies_min_max_norm_in_full_whatever_its_rate(parametrized: bool) -> None:
+    layer = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[3.8, 0.0], [0.0, 7.8]]))
+    constrain(layer, "weight", MinMaxNorm(0.5, 1.0, rate=0.5), parametrize=parametrized)
+    norms = torch.linalg.vector_norm(raw(layer, "weight").detach(), dim=1)
+    assert torch.allclose(norms, torch.ones(2))

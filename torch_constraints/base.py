@@ -96,6 +96,7 @@ class Constraint(nn.Module):
         super().__init__()
         self.straight_through = False
         self._event_ndim: int | None = None
+        self._where: str | None = None  # the tensor it is registered on, for messages
 
     # ------------------------------------------------------------------ to override
     def project(self, x: Tensor) -> Tensor:

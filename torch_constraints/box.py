@@ -75,11 +75,22 @@ class Box(Constraint):
         super().__setattr__(name, value)
 
     def project(self, x: Tensor) -> Tensor:
-        return project_box(x, self.min, self.max)
+        try:
+            return project_box(x, self.min, self.max)
+        except ValueError as error:
+            raise self._naming(error) from None
 
     @torch.no_grad()
     def project_(self, x: Tensor) -> Tensor:
-        return project_box_(x, self.min, self.max)
+        try:
+            return project_box_(x, self.min, self.max)
+        except ValueError as error:
+            raise self._naming(error) from None
+
+    def _naming(self, error: ValueError) -> ValueError:
+        """``error`` with the tensor's name in front (bounds changed since registration)."""
+        where = self.__dict__.get("_where")
+        return ValueError(f"{where}: {error}" if where else str(error))
 
     def project_many_(self, xs: Sequence[Tensor], *, foreach: bool | None = None) -> None:
         if not xs:
@@ -87,7 +98,10 @@ class Box(Constraint):
         if isinstance(self.min, Tensor) or isinstance(self.max, Tensor):
             super().project_many_(xs)
             return
-        lo, hi = box_bounds(xs[0], self.min, self.max)
+        try:
+            lo, hi = box_bounds(xs[0], self.min, self.max)
+        except ValueError as error:
+            raise self._naming(error) from None
         assert not isinstance(lo, Tensor) and not isinstance(hi, Tensor)
         _kernels.clamp_(xs, lo, hi, foreach=foreach)
 

@@ -82,11 +82,7 @@ def hard_project(module: nn.Module, *, foreach: bool | None = None) -> None:
     torch.set_grad_enabled(False)
     try:
         for constraints, tensors in groups(found):
-            try:
-                project_group_(constraints, tensors, foreach)
-            except ValueError as error:
-                names = [e.qualname for e in found if any(e.raw is t for t in tensors)]
-                raise ValueError(f"{', '.join(names)}: {error}") from None
+            project_group_(constraints, tensors, foreach)
     finally:
         torch.set_grad_enabled(grad_enabled)
 

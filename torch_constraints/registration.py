@@ -413,6 +413,7 @@ def _prepare(
     template.check(raw, where)
     constraint = copy.deepcopy(template)
     constraint.straight_through = straight_through
+    constraint._where = where
     constraint.bind(raw)
     _try_on_current_value(constraint, module, tensor_name, where)
     return constraint
