@@ -7,8 +7,8 @@ import pickle
 from fractions import Fraction
 
 import pytest
-from helpers import raw
 import torch
+from helpers import raw
 from torch import nn
 
 from torch_constraints import Box, NonNeg, constrain, hard_project, named_constraints
@@ -230,6 +230,6 @@ def test_a_live_bound_is_checked_when_assigned() -> None:
         box.min, box.max = None, None
     assert (box.min, box.max) == (None, 1.0)
     box.min, box.max = 2.0, 3.0  # crossing in between is fine: checked at use
-    with pytest.raises(ValueError, match="min must be <= max, got min=2.0, max=1.0"):
+    with pytest.raises(ValueError, match=r"min must be <= max, got min=2\.0, max=1\.0"):
         box.max = 1.0
         box.project(torch.zeros(2))
