@@ -29,28 +29,28 @@ from torch import nn
 
 import torch_constraints as tc
 from torch_constraints import bench
-from torch_constraints.registration import constrained_slots
+from torch_constraints._tree import constrained
 
 
 def reference_after_projection(model: nn.Module) -> list[torch.Tensor]:
     expected = []
-    for slot in constrained_slots(model):
-        value = slot.chain.original.detach().clone()
-        for constraint in slot.leading_constraints():
+    for entry in constrained(model):
+        value = entry.raw.detach().clone()
+        for constraint in entry.constraints:
             constraint.project_(value)
         expected.append(value)
     return expected
 
 
 def raws(model: nn.Module) -> list[torch.Tensor]:
-    return [slot.chain.original.detach().clone() for slot in constrained_slots(model)]
+    return [entry.raw.detach().clone() for entry in constrained(model)]
 
 
 def scramble(model: nn.Module, seed: int) -> None:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for slot in constrained_slots(model):
-            original = slot.chain.original
+        for entry in constrained(model):
+            original = entry.raw
             noise = torch.randn(original.shape, generator=generator) * 3
             original.copy_(noise.to(original.device, original.dtype))
 

@@ -50,8 +50,11 @@ def test_the_benchmark_prints_every_row_and_writes_json(
     results = json.loads(out.read_text())
     (projection,) = results["projection"]
     assert projection["tensors"] == 20 and projection["elements"] == 20 * 64
-    # vs the best hand-written loop, and the CPU target of the packed opt-in
-    assert len(projection["checks"]) == 2
+    # both modes vs the WGAN loop, packing vs the hand loops and the floor
+    assert len(projection["checks"]) == 4
+    (read,) = results["read"]
+    assert set(read["microseconds"]) == {"stock parametrize, one-line clamp", "constrain"}
+    assert "reading a constrained weight" in printed
     (training,) = results["training"]
     assert training["ratios"]["unconstrained"] == 1.0
     assert set(training["seconds"]) == {*bench.MODES, bench.PROJECTION_ALONE}
@@ -103,17 +106,22 @@ def test_the_matrix_rows(
     assert len(matrix["checks"]) == len(bench.MATRIX_TARGETS)
 
 
-def test_the_gpu_checks_of_many_small_tensors_judge_both_paths() -> None:
+def test_the_projection_checks_judge_each_target() -> None:
     medians = {
         "hard_project": 2.0,
+        "  parametrize=False": 1.5,
+        "WGAN loop": 1.6,
         "PackedProjection": 0.25,
         "flat clamp_ (floor)": 0.1,
         "clamp_ loop": 8.0,
         "foreach pair": 1.0,
     }
-    checks = bench._projection_checks("small-5000", "cuda", medians, copy_gbps=1.0, nbytes=1)
+    checks = bench._projection_checks("small-2000", "cpu", medians, copy_gbps=1.0, nbytes=1)
     assert checks == [
-        "MISS hard_project vs the best hand-written loop: 2.00 (target <= 1)",
-        "MISS 4x faster than the foreach pair: 0.50 (target >= 4)",
-        "ok   PackedProjection 4x faster than the foreach pair: 4.00 (target >= 4)",
+        "ok   parametrize=False vs the WGAN loop: 0.94 (target <= 1)",
+        "MISS hard_project vs the WGAN loop: 1.25 (target <= 1.2)",
+        "ok   PackedProjection vs the best hand-written loop: 0.25 (target <= 1)",
+        "MISS PackedProjection vs the floor: 2.50 (target <= 1.5)",
     ]
+    gpu = bench._projection_checks("gpt2-medium", "cuda", medians, copy_gbps=1.0, nbytes=1)
+    assert gpu[-1] == "MISS at least 85% of the copy ceiling: 0.00 (target >= 0.85)"

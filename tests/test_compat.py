@@ -76,3 +76,23 @@ def test_the_foreach_kernels_and_their_devices() -> None:
     assert tensors[0].tolist() == [-1.0, 0.0, 0.0]
     _compat.foreach_copy_(tensors, [torch.zeros(3), torch.ones(2, 2)])
     assert tensors[0].eq(0).all() and tensors[1].eq(1).all()
+
+
+def test_calls_forward_sees_every_kind_of_hook_and_a_compiled_call() -> None:
+    layer = nn.Linear(2, 2)
+    assert _compat.calls_forward(layer)
+    for register in (
+        layer.register_forward_pre_hook,
+        layer.register_forward_hook,
+        layer.register_full_backward_pre_hook,
+        layer.register_full_backward_hook,
+    ):
+        handle = register(lambda *args: None)
+        assert not _compat.calls_forward(layer)
+        handle.remove()
+    assert _compat.calls_forward(layer)
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda *args: None)
+    assert not _compat.calls_forward(layer)
+    handle.remove()
+    layer.compile(backend="eager")
+    assert not _compat.calls_forward(layer)

@@ -240,6 +240,7 @@ class Guarantees(RuleBasedStateMachine):
         self.objects = {t: self.raw(t) for t in TENSORS}
         self.packed: PackedProjection | None = None
         self.covered: set[str] = set()  # slots the live pack must project
+        self.stale = False  # the pack was unpacked: its next call packs what is constrained
         self.sharing_allowed = False
         self.opts: dict[str, torch.optim.Optimizer] = {}
         self.saved: tuple[bytes, dict[str, Tensor]] | None = None
@@ -387,7 +388,7 @@ class Guarantees(RuleBasedStateMachine):
         released = canon(slot) in {canon(s) for s in self.covered}
         constrain(owner, name, self.template(ref), straight_through=through, parametrize=not record)
         if released:
-            self.sharing_allowed = False
+            self.covered, self.stale, self.sharing_allowed = set(), True, False
         if mode == "record" or current is None:
             self.shadow[canon(slot)] = project_chain([ref], self.shadow[canon(slot)])
         else:  # stacked on a parametrization: each leading constraint projects in turn
@@ -420,9 +421,8 @@ class Guarantees(RuleBasedStateMachine):
         for s in slots:
             self.mode[s] = None
             self.refs[s] = []
-        self.covered -= set(slots)
-        if released:
-            self.sharing_allowed = False  # the pack gave every tensor its own storage
+        if released:  # the pack gave every tensor its own storage
+            self.covered, self.stale, self.sharing_allowed = set(), True, False
         skip = set()
         if self.packed is not None:
             skip = set(TENSORS)  # released tensors move out of the buffers
@@ -535,10 +535,14 @@ class Guarantees(RuleBasedStateMachine):
         if action == "repack":
             self.packed.repack()
             self.covered = set(self.constrained())
+        repacks = self.stale
         if action == "rebind_call" and self.covered:
             self.write(canon(sorted(self.covered)[seed % len(self.covered)]), "rebind", seed)
+            repacks = True  # the rebound tensor no longer views its slot
         with torch.inference_mode(inference):
             self.packed()
+        if repacks:
+            self.covered, self.stale = set(self.constrained()), False
         self.sharing_allowed = True
         repacked = []
         for slot in self.constrained():

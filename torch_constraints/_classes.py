@@ -43,7 +43,7 @@ from collections.abc import Iterable
 from typing import Any, cast
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrize import ParametrizationList
 
@@ -189,6 +189,30 @@ def _copies_into_original(chain: ParametrizationList, value: Any) -> bool:
     )
 
 
+def _evaluate(chain: nn.Module) -> Any:
+    """``chain()``, calling each entry's ``forward`` directly when nothing could tell.
+
+    That is when no hook (the chain's, an entry's or a global one) and no compiled call
+    would run, and nothing traces or compiles: the value and the autograd graph are
+    then those of ``chain()``, for a fraction of its cost (see ``_compat.calls_forward``).
+    """
+    entries = _compat.children_of(chain).values()
+    if (
+        not chain.is_tensor
+        or torch.compiler.is_compiling()
+        or _compat.tracing()
+        or not _compat.calls_forward(chain)
+        or not all(map(_compat.calls_forward, entries))  # type: ignore[arg-type]
+    ):
+        return chain()
+    x: Tensor | None = _compat.parameters_of(chain).get("original")
+    if x is None:
+        x = _compat.buffers_of(chain)["original"]
+    for entry in entries:
+        x = entry.forward(x)  # type: ignore[union-attr]
+    return x
+
+
 class _Property(property):
     """``module.<name>``: the parametrized value if ``name`` is parametrized, else the attribute."""
 
@@ -207,13 +231,13 @@ class _Property(property):
                 return nn.Module.__getattr__(self, name)  # parameters, buffers, modules
             cache = _compat.parametrize_cache()
             if cache is None:
-                return chain()
+                return _evaluate(chain)
             if _compat.tracing():
                 raise RuntimeError("Cannot trace a model while caching parametrizations.")
             key = (id(self), name)  # the module reading it: many modules share the class
             tensor = cache.get(key)
             if tensor is None:
-                tensor = cache[key] = chain()
+                tensor = cache[key] = _evaluate(chain)
             return tensor
 
         def set_(self: nn.Module, value: Any) -> None:

@@ -16,6 +16,12 @@ Why each is needed:
   tensor (``_kernels``); PyTorch has no public multi-tensor clamp;
 * ``parametrize._cache``/``_cache_enabled``: the shared classes' property honours
   :func:`torch.nn.utils.parametrize.cached` as PyTorch's own property does;
+* the forward hooks and the compiled call of a module: reading a constrained weight
+  calls each parametrization's ``forward`` directly when no hook or compiled call
+  could tell the difference. ``chain()`` costs about as much again as the clamp of a
+  small weight (``ParametrizationList`` looks for its next entry with ``hasattr``,
+  which raises and catches an ``AttributeError`` on every read); the benchmark's
+  weight-read row shows what the shortcut buys;
 * the hook dicts: registering the checkpoint hooks once per module, and removing
   them with the module's last constraint, needs to see which are registered;
 * ``state_dict._metadata``: where PyTorch keeps per-module metadata (the format).
@@ -28,6 +34,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules import module as _module
 from torch.nn.utils import parametrize
 
 __all__ = [
@@ -35,6 +42,7 @@ __all__ = [
     "MODULES",
     "PARAMETERS",
     "buffers_of",
+    "calls_forward",
     "children_of",
     "foreach_clamp_",
     "foreach_copy_",
@@ -93,6 +101,25 @@ def set_metadata(state_dict: object, metadata: dict[str, dict[str, Any]]) -> Non
 def parametrize_cache() -> dict[tuple[int, str], Tensor | None] | None:
     """The cache of :func:`torch.nn.utils.parametrize.cached` while it is on, else ``None``."""
     return parametrize._cache if parametrize._cache_enabled else None
+
+
+def calls_forward(module: nn.Module) -> bool:
+    """Whether ``module(x)`` is ``module.forward(x)``: no hooks, its own or global; not compiled.
+
+    When it is, calling ``forward`` directly gives the same value and the same
+    autograd graph, without ``nn.Module.__call__``'s bookkeeping.
+    """
+    return not (
+        module._forward_pre_hooks
+        or module._forward_hooks
+        or module._backward_pre_hooks
+        or module._backward_hooks
+        or module._compiled_call_impl is not None
+        or _module._global_forward_pre_hooks
+        or _module._global_forward_hooks
+        or _module._global_backward_pre_hooks
+        or _module._global_backward_hooks
+    )
 
 
 def tracing() -> bool:

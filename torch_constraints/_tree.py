@@ -16,7 +16,7 @@ A constraint is attached to a tensor in one of two ways:
   so a shallow ``copy.copy(module)`` cannot share constraints with its original;
   ``deepcopy``, ``pickle`` and ``torch.save(module)`` copy it with the module.
 
-:func:`constrained` walks a tree and returns one :class:`Constrained` record per
+:func:`constrained` walks a tree and returns one :class:`Constrained` entry per
 constrained tensor. ``hard_project``, :class:`~torch_constraints.PackedProjection`,
 ``named_constraints``, monitoring, tied-weight checks, checkpoints and the callbacks
 all read the tree through it, afresh on every call.
@@ -82,10 +82,10 @@ def constrained(module: nn.Module) -> list[Constrained]:
     In module order (pre-order, as ``named_modules``), a module reachable under
     several names once; on each module the ``parametrize=False`` tensors first, then
     the parametrized ones. A tensor reachable under several names (tied weights)
-    gives one record per name, with the same ``raw``.
+    gives one entry per name, with the same ``raw``.
 
     ``hard_project`` calls this on every step: it reads each module's dicts by key
-    (``_compat``'s names) and builds each record with ``tuple.__new__``, the least
+    (``_compat``'s names) and builds each entry with ``tuple.__new__``, the least
     Python a walk of thousands of modules can do.
     """
     found: list[Constrained] = []
@@ -126,7 +126,7 @@ _new = tuple.__new__
 
 
 def find(module: nn.Module, name: str) -> Constrained | None:
-    """The record of ``module.<name>`` alone (no walk), or ``None`` if it is not constrained."""
+    """The entry of ``module.<name>`` alone (no walk), or ``None`` if it is not constrained."""
     chain = recorded(module).get(name)
     if chain:
         return Constrained(name, module, name, _own_tensor(module, name), chain, (), False)

@@ -9,10 +9,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import _kernels, _validation
+from . import _autograd, _kernels, _validation
 from ._rounding import inward_tensor
 from .base import Constraint
-from .functional import Bound, box_bounds, project_box, project_box_, refuse_out_of_range
+from .functional import (
+    Bound,
+    box_bounds,
+    project_box,
+    project_box_,
+    refuse_out_of_range,
+    scalar_bounds,
+)
 
 __all__ = ["Box", "NonNeg"]
 
@@ -75,10 +82,17 @@ class Box(Constraint):
         super().__setattr__(name, value)
 
     def project(self, x: Tensor) -> Tensor:
+        # project_box, with the common case first: this runs on every forward pass.
+        lo, hi = self.min, self.max
         try:
-            return project_box(x, self.min, self.max)
+            if isinstance(lo, Tensor) or isinstance(hi, Tensor):
+                return project_box(x, lo, hi)
+            lo, hi = scalar_bounds(lo, hi, x.dtype)
         except ValueError as error:
             raise self._naming(error) from None
+        if lo is None and hi is None:
+            return x.view_as(x)
+        return _autograd.clamp(x, lo, hi)
 
     @torch.no_grad()
     def project_(self, x: Tensor) -> Tensor:

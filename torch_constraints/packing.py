@@ -280,7 +280,7 @@ class _Run:
 def _select(
     module: nn.Module, found: list[_tree.Constrained]
 ) -> tuple[list[_Member], list[_tree.Constrained]]:
-    """Split ``found`` into members to pack and records left as they are."""
+    """Split ``found`` into members to pack and entries left as they are."""
     storage_users: dict[int, int] = {}
     for tensor in [*module.parameters(), *module.buffers()]:
         if _is_packable(tensor):

@@ -2,7 +2,7 @@
 
 Each call starts from the model as it is now, and keeps nothing for the next:
 
-1. walk the module tree (``_tree.constrained``): one record per constrained tensor,
+1. walk the module tree (``_tree.constrained``): one entry per constrained tensor,
    with its raw tensor and the constraints applied directly to it;
 2. group the raw tensors by device, dtype and what their constraints compute now
    (:meth:`~torch_constraints.Constraint.fusion_key`, read from the constraints'
