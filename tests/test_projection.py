@@ -33,7 +33,7 @@ from torch_constraints import (
     unconstrain,
 )
 from torch_constraints._tree import Constrained, constrained
-from torch_constraints.projection import groups
+from torch_constraints.projection import _groups, groups
 
 pytestmark = pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
 
@@ -502,6 +502,7 @@ def test_the_walk_finds_what_the_public_api_shows_and_groups_each_tensor_once(
             continue
         model.append(layer)
     assert walk(model) == walk_by_public_api(model)
+    assert by_ids(groups(constrained(model))) == by_ids(_groups(constrained(model)))
     grouped = [id(t) for _, tensors in groups(constrained(model)) for t in tensors]
     projected = {raw_id for _, _, raw_id, chain in walk_by_public_api(model) if chain and raw_id}
     assert set(grouped) == projected
@@ -510,12 +511,19 @@ def test_the_walk_finds_what_the_public_api_shows_and_groups_each_tensor_once(
         assert len(grouped) == len(projected)  # each tensor once
 
 
+def by_ids(grouped: list[tuple[tuple[Constraint, ...], list[torch.Tensor]]]) -> list[object]:
+    return [(list(map(id, chain)), list(map(id, tensors))) for chain, tensors in grouped]
+
+
 @pytest.mark.parametrize("distinct", [1, 3, 12])
-def test_tensors_are_grouped_by_their_bounds(distinct: int) -> None:
+@pytest.mark.parametrize("parametrized", [True, False])
+def test_tensors_are_grouped_by_their_bounds(distinct: int, parametrized: bool) -> None:
     model = nn.ModuleList(nn.Linear(2, 2) for _ in range(24))
     for i, layer in enumerate(model):
-        constrain(layer, "weight", -1.0 - i % distinct, 1.0)
-    assert len(groups(constrained(model))) == distinct
+        constrain(layer, "weight", -1.0 - i % distinct, 1.0, parametrize=parametrized)
+    found = constrained(model)
+    assert len(groups(found)) == distinct
+    assert by_ids(groups(found)) == by_ids(_groups(found))  # the usual case's shortcut
 
 
 class _Failing(Box):

@@ -91,12 +91,13 @@ def constrained(module: nn.Module) -> list[Constrained]:
     found: list[Constrained] = []
     seen: set[int] = set()
     stack: list[tuple[str, nn.Module]] = [("", module)]
-    pop, push, append = stack.pop, stack.extend, found.append
+    pop, push, append, see = stack.pop, stack.extend, found.append, seen.add
     while stack:
         prefix, owner = pop()
-        if id(owner) in seen:
+        key = id(owner)
+        if key in seen:
             continue
-        seen.add(id(owner))
+        see(key)
         state = owner.__dict__
         recorded_here = state.get(ATTRIBUTE)
         if recorded_here:
@@ -105,20 +106,23 @@ def constrained(module: nn.Module) -> list[Constrained]:
                 raw = _own_tensor(owner, name)
                 append(_new(Constrained, (qualname, owner, name, raw, chain, (), False)))
         children = state[MODULES]
+        if not children:
+            continue
         chains = children.get("parametrizations")
         if chains is not None:
             for name, chain in chains.__dict__[MODULES].items():
                 entry = _read_chain(prefix, owner, name, chain)
                 if entry is not None:
                     append(entry)
-        if children:
-            push(
-                [
-                    (f"{prefix}.{key}" if prefix else key, child)
-                    for key, child in reversed(children.items())
-                    if child is not None and key != "parametrizations"
-                ]
-            )
+            if len(children) == 1:
+                continue
+        push(
+            [
+                (f"{prefix}.{name}" if prefix else name, child)
+                for name, child in reversed(children.items())
+                if child is not None and name != "parametrizations"
+            ]
+        )
     return found
 
 

@@ -18,6 +18,8 @@ walk and the per-tensor kernels for flat buffers.
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from itertools import repeat
+from operator import attrgetter, is_, itemgetter, methodcaller
 
 import torch
 from torch import Tensor, nn
@@ -114,7 +116,37 @@ def groups(found: list[_tree.Constrained]) -> list[Group]:
 
     A tensor reachable under several names (tied) is projected once when its names
     carry the same projection; other constraints on it come after, alone.
+
+    The usual model (one constraint per tensor, no ties, one device, dtype and set,
+    as after ``constrain_all``) is recognised first with C-level loops over the
+    entries: ``hard_project`` groups afresh on every step, and on thousands of small
+    tensors a Python loop per tensor would cost as much as their projection.
     """
+    raws: list[Tensor | None] = list(map(_raw, found))
+    chains: list[tuple[Constraint, ...]] = list(map(_chain, found))
+    if (
+        raws
+        and not any(map(is_, raws, repeat(None)))
+        and set(map(len, chains)) == {1}
+        and len(set(map(id, raws))) == len(raws)
+        and not any(map(_is_meta, raws))
+    ):
+        firsts = list(map(_first, chains))
+        keys = list(map(_fusion_key, firsts))
+        if not any(map(is_, keys, repeat(None))):
+            keyed = zip(map(_device, raws), map(_dtype, raws), map(type, firsts), keys, strict=True)
+            if len(dict.fromkeys(keyed)) == 1:
+                return [(chains[0], raws)]  # type: ignore[list-item]
+    return _groups(found)
+
+
+_raw, _chain, _first = itemgetter(3), itemgetter(4), itemgetter(0)
+_fusion_key = methodcaller("fusion_key")
+_device, _dtype, _is_meta = attrgetter("device"), attrgetter("dtype"), attrgetter("is_meta")
+
+
+def _groups(found: list[_tree.Constrained]) -> list[Group]:
+    """:func:`groups`, one entry at a time: ties, stacks, several sets and devices."""
     result: dict[Hashable, Group] = {}
     first: dict[int, tuple[tuple[Constraint, ...], Hashable | None]] = {}
     for index, (_, _, _, raw, constraints, _, _) in enumerate(found):

@@ -1,7 +1,10 @@
-"""The guarantees hold whatever ran before: one test per finding of the guarantees issue.
+"""Nothing depends on what ran before: saves, aliases, ties, storages, the forward pass.
 
-Each test failed on the release that kept packed storages, forward-skip records
-and cached projection plans; each describes what a user saw.
+A forward value, a gradient or a saved file is a function of the model as it is
+now: no earlier projection, packing, write through ``.data`` or attribute change can
+leave something behind that changes it. By behaviour: every save path keeps every
+tensor; aliases keep tracking the model; ties survive; no inference tensors are made;
+memory is given back; the forward pass is computed afresh; attributes are live.
 """
 
 from __future__ import annotations
