@@ -20,7 +20,7 @@ from helpers import CountingBox, assert_same, projections
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from torch_constraints import constrain_all, hard_project, saturation, violation
+from torch_constraints import constrain, constrain_all, hard_project, saturation, violation
 
 pl = pytest.importorskip("pytorch_lightning")
 
@@ -265,3 +265,12 @@ for module, extra in ((lightning, "lightning"), (transformers, "transformers")):
         raise AssertionError("no ImportError")
 """
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
+
+
+def test_a_tie_parametrized_through_one_name_fails_when_training_starts() -> None:
+    net = make_net()
+    net.append(nn.Linear(16, 1))  # never called: it only holds the tie
+    net[3].weight = net[2].weight
+    constrain(net[2], "weight", -BOUND, BOUND)  # net[3] reads the same tensor raw
+    with pytest.raises(ValueError, match=r"net\.2\.weight.*'net\.3\.weight'"):
+        trainer(1, callbacks=[ProjectionCallback()]).fit(Regressor(net), loader())

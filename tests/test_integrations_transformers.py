@@ -208,3 +208,20 @@ def test_a_tied_gpt2_trains_saves_and_resumes_exactly_with_parametrize_false(
     run(resumed, tmp_path / "run", resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2"))
     assert resumed.lm_head.weight is resumed.transformer.wte.weight
     assert_same(resumed, straight)
+
+
+def test_a_tie_parametrized_through_one_name_fails_when_training_starts(tmp_path: Path) -> None:
+    config = transformers.GPT2Config(
+        n_layer=1, n_head=2, n_embd=16, vocab_size=64, n_positions=16, tie_word_embeddings=True
+    )
+    model = transformers.GPT2LMHeadModel(config)
+    constrain(model.transformer.wte, "weight", -0.02, 0.02)  # lm_head reads it raw
+    tokens = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(2))
+    trainer = transformers.Trainer(
+        model=model,
+        args=arguments(tmp_path, 1),
+        train_dataset=[{"input_ids": t, "labels": t} for t in tokens],
+        callbacks=[ProjectionCallback()],
+    )
+    with pytest.raises(ValueError, match=r"transformer\.wte\.weight.*'lm_head\.weight'"):
+        trainer.train()

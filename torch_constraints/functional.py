@@ -35,7 +35,6 @@ __all__ = [
     "project_min_max_norm_",
     "project_simplex",
     "project_simplex_",
-    "scalar_bounds",
     "tolerance",
 ]
 
