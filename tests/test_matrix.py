@@ -337,6 +337,17 @@ def test_spectral_norm_bound_assumes_the_backend_matmul_precision() -> None:
     assert exact <= float(spectral_norm_bound(w)) < reduced
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_ldexp_builds_exact_powers_of_two_across_the_normal_range(
+    dtype: torch.dtype, device: str
+) -> None:
+    # The bound's proof scales by powers of two built with torch.ldexp.
+    limit = 126 if dtype == torch.float32 else 1022
+    k = torch.arange(-limit, limit + 1, device=device)
+    powers = torch.ldexp(torch.ones_like(k, dtype=dtype), k).cpu().tolist()
+    assert powers == [2.0**e for e in range(-limit, limit + 1)]
+
+
 def test_spectral_norm_bound_batched_and_tight_with_more_iterations() -> None:
     w = torch.from_numpy(np.stack([random((30, 20), s) for s in range(4)]))
     bounds = spectral_norm_bound(w, iterations=8)

@@ -97,12 +97,13 @@ def _pow2(e: Tensor, dtype: torch.dtype) -> Tensor:
 def _frobenius_bound(x: Tensor) -> Tensor:
     """An upper bound on each matrix's exact Frobenius norm, in float64.
 
-    A sum of squares in float64 in any order, then a square root: within
+    A sum of squares in float64 (``vector_norm`` upcasts each entry), in any
+    order, then a square root: within
     :math:`\\gamma_{N+2}` relative of the exact norm (``N`` entries), plus what the
     squares below float64's normal range lose, :math:`\\sqrt{N \\cdot 2^{-1022}}`.
     """
     numel = x.shape[-2] * x.shape[-1]
-    norm = x.double().square().sum(dim=(-2, -1)).sqrt()
+    norm: Tensor = torch.linalg.vector_norm(x, dim=(-2, -1), dtype=torch.float64)
     return norm * (1 + _gamma(numel + 2, 2.0**-53)) + math.sqrt(numel) * 2.0**-511
 
 
@@ -129,21 +130,23 @@ def spectral_norm_bound(matrices: Tensor, *, iterations: int = 4) -> Tensor:
     which the code follows step by step:
 
     * **Scaling.** Each iterate is multiplied by a power of two
-      :math:`2^{-e}` (the first by the one that brings its largest entry into
+      :math:`2^{-e}`, a float built exactly by :func:`torch.ldexp` and kept in
+      the normal range (the first by the one that brings its largest entry into
       :math:`[1/2, 1)`, the others by the one that brings the computed norm of
       the product there). That is exact, except for results below the normal
       range, which lose less than ``tiny`` (the smallest normal number; this
       also covers flush-to-zero) each: :math:`\sigma(Z) \le 2^{e}(\sigma(\hat X)
       + \sqrt{N}\,\text{tiny})` for :math:`\hat X = fl(2^{-e} Z)` with ``N``
       entries.
-    * **Products.** For any order of summation (blocked, pairwise, split over
-      threads or SIMD lanes, with or without FMA), an inner product of length
-      :math:`n` computed in floating point satisfies
+    * **Products.** Matrix products are classical (as BLAS and cuBLAS compute
+      them: no Strassen-type algorithm). For any order of summation (blocked,
+      pairwise, split over threads or SIMD lanes, with or without FMA), an
+      inner product of length :math:`n` computed in floating point satisfies
       :math:`|fl(x^\top y) - x^\top y| \le \gamma_n |x|^\top |y|`,
       :math:`\gamma_n = nu/(1 - nu)` (Higham, *Accuracy and Stability of
-      Numerical Algorithms*, Thm. 3.1 and §3.1): each term passes through at
-      most :math:`n` roundings, whatever the tree, so the CPU's and the GPU's
-      reduction orders give the same bound. Where PyTorch allows TF32 or bf16
+      Numerical Algorithms*, §3.1): each term passes through at most :math:`n`
+      roundings, whatever the tree, so the CPU's and the GPU's reduction
+      orders give the same bound. Where PyTorch allows TF32 or bf16
       for float32 products (``"high"``, ``"medium"``, or the backends'
       ``fp32_precision``), the operands are rounded first, so
       :math:`\delta_n = (1 + v)^2 (1 + \gamma_n(2^{-22})) - 1` with
@@ -155,18 +158,22 @@ def spectral_norm_bound(matrices: Tensor, *, iterations: int = 4) -> Tensor:
       \text{tiny}` (the last term bounds underflow), so
       :math:`\sigma(X)^2 = \sigma(X X^\top) \le \sigma(\hat G) + \delta_n
       \lVert X \rVert_F^2 + 16 m n\,\text{tiny}`.
-    * **Norms.** Each :math:`\lVert X_t \rVert_F` and :math:`\lVert \hat G_t
-      \rVert_F` is bounded above from a float64 sum of squares (within
-      :math:`\gamma_{N+2}(2^{-53})` relative, any order), and
-      :math:`\sigma(\hat G_T) \le \lVert \hat G_T \rVert_F` ends the chain.
-    * **The chain.** Going back from :math:`T` to 0 gives
-      :math:`\beta_t \ge \sigma(X_t)`, :math:`\beta_t = (2^{e_t}(\beta_{t+1} +
-      m\,\text{tiny}) + \delta_{n_t} \bar F_t^2 + 16 m n_t\,\text{tiny})^{1/2}`,
-      evaluated in float64: its values are non-negative and its operations
-      monotone, each rounding by at most :math:`2^{-53}` relative, and the
-      square roots halve what comes from the step before, so the computed
-      :math:`\beta_0` is within :math:`(1 + 2^{-53})^{20}` of the exact one; the
-      result is multiplied by :math:`1 + 2^{-45}`, which covers that.
+    * **Norms.** Each :math:`\lVert \hat G_t \rVert_F` (and
+      :math:`\lVert X_0 \rVert_F`) is bounded above from a float64 sum of
+      squares (within :math:`\gamma_{N+2}(2^{-53})` relative, any order), and
+      so :math:`\bar F_{t+1} = 2^{-e_t} \lVert \hat G_t \rVert_F + m\,\text{tiny}
+      \ge \lVert X_{t+1} \rVert_F`.
+    * **The chain.** From :math:`\beta_{T+1} = \bar F_{T+1} \ge
+      \sigma(X_{T+1})` back to 0, :math:`\beta_t = (2^{e_t}(\beta_{t+1} +
+      m\,\text{tiny}) + \delta_{n_t} \bar F_t^2 + 16 m n_t\,\text{tiny})^{1/2}
+      \ge \sigma(X_t)`, and the result is :math:`2^{e}(\beta_0 +
+      \sqrt{mk}\,\text{tiny})`. It is evaluated in float64: its values are
+      non-negative and its operations monotone, each rounding by at most
+      :math:`2^{-53}` relative, and the square roots halve what comes from the
+      step before, so the computed result is within :math:`(1 + 2^{-53})^{20}`
+      of the exact one; it is multiplied by :math:`1 + 2^{-45}`, which covers
+      that and the rounding of the constants (:math:`\gamma_n`, computed in
+      Python floats).
 
     Args:
         matrices: a matrix ``(m, n)`` or a batch ``(..., m, n)``, floating point.
@@ -200,8 +207,7 @@ def spectral_norm_bound(matrices: Tensor, *, iterations: int = 4) -> Tensor:
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
         raise ValueError(f"spectral_norm_bound: iterations must be an int >= 0, got {iterations!r}")
     a = matrices.to(_compute_dtype(matrices.dtype))
-    if a.shape[-2] > a.shape[-1]:
-        a = a.mT
+    a = a.mT if a.shape[-2] > a.shape[-1] else a
     m, k = a.shape[-2], a.shape[-1]
     if m == 0:
         return torch.zeros(a.shape[:-2], dtype=torch.float64, device=a.device)
@@ -509,7 +515,7 @@ class SpectralBall(_MatrixConstraint):
             return _wide(_SpectralBallFn.apply, m, self.radius)
         bound = spectral_norm_bound(m, iterations=self.iterations)
         u = torch.finfo(dtype).eps / 2
-        fro = torch.linalg.matrix_norm(m).double()
+        fro = _frobenius_bound(m)
         # fl(c * W) = c*W + E with ||E||_2 <= u ||c*W||_F; c itself rounds by u.
         scale = self.radius / ((1 + 2 * u) * (bound + u * fro))
         factor = torch.where(bound <= self.radius, 1.0, scale).to(m.dtype)[..., None, None]
@@ -522,36 +528,27 @@ class SpectralBall(_MatrixConstraint):
             return x.copy_(self.project(x))
         lead = self.batch_ndim(x) + 1
         flat = x.reshape(-1, *x.shape[lead - 1 : lead], math.prod(x.shape[lead:]))
-        outside = _certainly_outside(flat, self.radius)  # sync 1
+        m = flat.to(_compute_dtype(x.dtype))
+        # sigma_max >= every row's and column's norm, and 2 gamma_{n+2} covers their
+        # rounding: O(mn) spares clearly infeasible matrices the bound before their SVD.
+        rows, columns = (torch.linalg.vector_norm(m, dim=d).amax(dim=-1) for d in (-1, -2))
+        slack = 2 * _gamma(max(m.shape[-2:]) + 2, torch.finfo(m.dtype).eps / 2)
+        lower = torch.maximum(rows, columns) * (1 - slack)
+        outside = (lower > self.radius).nonzero().flatten().tolist()  # sync 1
         unsure = [i for i in range(flat.shape[0]) if i not in set(outside)]
         # A cheap bound first (one squaring) certifies matrices well inside; the
         # full one only what it leaves (syncs 2 and 3).
         for iterations in sorted({min(1, self.iterations), self.iterations}):
             if unsure:  # NaN bounds (non-finite matrices) stay unsure
-                bound = spectral_norm_bound(flat[unsure], iterations=iterations)
+                bound = spectral_norm_bound(m[unsure], iterations=iterations)
                 unsure = [unsure[i] for i in (~(bound <= self.radius)).nonzero().flatten().tolist()]
-        outside = sorted(outside + unsure)
-        if not outside:
+        chosen = sorted(outside + unsure)
+        if not chosen:
             return x
-        m = flat[outside].to(_compute_dtype(x.dtype))
-        flat[outside] = _wide(_SpectralBallFn.apply, m, self.radius).to(x.dtype)
+        flat[chosen] = _wide(_SpectralBallFn.apply, m[chosen], self.radius).to(x.dtype)
         if flat.data_ptr() != x.data_ptr() or not x.is_contiguous():
             x.copy_(flat.reshape(x.shape))
         return x
-
-
-def _certainly_outside(flat: Tensor, radius: float) -> list[int]:
-    r"""Indices of the matrices whose cheap lower bound on sigma_max exceeds ``radius``.
-
-    :math:`\sigma_{\max} \ge` every row's and column's norm: O(mn), and it spares
-    the clearly infeasible matrices the Gram iterations before their SVD.
-    """
-    m = flat.to(_compute_dtype(flat.dtype))
-    rows, columns = (torch.linalg.vector_norm(m, dim=d).amax(dim=-1) for d in (-1, -2))
-    # Rounding of the norms: a relative (n + 2) u, inflated, keeps this a lower bound.
-    slack = 2 * _gamma(max(m.shape[-2:]) + 2, torch.finfo(m.dtype).eps / 2)
-    lower = torch.maximum(rows, columns) * (1 - slack)
-    return (lower > radius).nonzero().flatten().tolist()
 
 
 class Orthogonal(_MatrixConstraint):
