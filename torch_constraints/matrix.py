@@ -65,8 +65,9 @@ def _product_error(n: int, dtype: torch.dtype) -> float:
     float32 products may run in TF32 or bf16 wherever PyTorch's matmul precision
     settings allow it, on any backend (``set_float32_matmul_precision("high")``
     or ``"medium"`` set oneDNN's CPU matmuls too): the operands are then rounded
-    (relative error ``v``, exact products) and accumulated in float32, whose
-    unit error is doubled to cover truncating accumulators such as tensor cores.
+    (relative error ``v``, exact products) and accumulated in float32 at four
+    times its unit roundoff, :math:`2^{-22}`, which covers accumulators that
+    truncate (tensor cores do) rather than round.
     """
     if dtype == torch.float64:
         return _gamma(n, 2.0**-53)
@@ -151,7 +152,7 @@ def spectral_norm_bound(matrices: Tensor, *, iterations: int = 4) -> Tensor:
       ``fp32_precision``), the operands are rounded first, so
       :math:`\delta_n = (1 + v)^2 (1 + \gamma_n(2^{-22})) - 1` with
       :math:`v = 2^{-10}` (TF32) or :math:`2^{-7}` (bf16), both with
-      truncation, and float32 accumulation at twice its unit roundoff; else
+      truncation, and float32 accumulation at four times its unit roundoff; else
       :math:`\delta_n = \gamma_n(u)`. With :math:`\hat G = fl(X X^\top)`,
       :math:`\lVert \hat G - X X^\top \rVert_2 \le \delta_n \lVert |X||X|^\top
       \rVert_2 + 16 m n\,\text{tiny} \le \delta_n \lVert X \rVert_F^2 + 16 m n\,
