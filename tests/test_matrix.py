@@ -725,7 +725,7 @@ def test_violation_right_after_hard_project_is_rounding(
 ) -> None:
     # Not 0: violation() decomposes the projected weight again, on its boundary.
     torch.manual_seed(4)
-    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(256, 256)).to(dtype)
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(128, 128)).to(dtype)
     for layer in model:
         constrain(layer, "weight", copy.deepcopy(constraint), parametrize=False)
         with torch.no_grad():
