@@ -8,10 +8,12 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from matplotlib import image
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from torch_constraints import SpectralBall, constrain_all, demo, named_constraints
 
@@ -233,6 +235,72 @@ def test_rejects_bad_arguments(argument: list[str], capsys: pytest.CaptureFixtur
         demo.main(argument)
     assert raised.value.code == 2
     assert argument[0] in capsys.readouterr().err
+
+
+def test_help_gives_every_option_a_meaning_and_its_default(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        demo.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # undo the line wrapping
+    for option in ["--batch-size", "--seed", "--steps", "--clip", "--radius", "--hidden"]:
+        match = re.search(rf"{option} [A-Z_]+ (.+?) \(default: ([^)]+)\)", text)
+        assert match, option
+        assert match[1] and float(match[2]) == getattr(demo.Config(), option[2:].replace("-", "_"))
+
+
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [
+        (["--critic", "spectral", "--clip", "0.5"], "--clip applies to the clip critic only"),
+        (["--critic=spectral", "--clip=0.5"], "--clip applies to the clip critic only"),
+        (["--radius", "0.5"], "--radius applies to the spectral critic only"),
+        (["--critic", "clip", "--rad", "0.5"], "--radius applies to the spectral critic only"),
+    ],
+)
+def test_an_option_of_the_other_critic_is_refused(
+    argument: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as raised:
+        demo.main([*FAST, *argument])
+    assert raised.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_compare_takes_the_options_of_both_critics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configs: list[demo.Config] = []
+
+    def record(config: demo.Config, *args: object) -> None:
+        configs.append(config)
+        raise KeyboardInterrupt  # stop before training
+
+    monkeypatch.setattr(demo, "_run", record)
+    argument = ["--compare", "--clip", "0.05", "--radius", "0.5", "--out", str(tmp_path / "x.png")]
+    with pytest.raises(KeyboardInterrupt):
+        demo.main([*FAST, *argument])
+    assert (configs[0].clip, configs[0].radius) == (0.05, 0.5)
+
+
+def test_no_legend_covers_a_panel(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    figures: list[Any] = []
+    original = demo._figure
+    monkeypatch.setattr(demo, "_figure", lambda runs: figures.append(original(runs)) or figures[0])
+    run_demo(capsys, tmp_path / "demo.png", "--compare")  # both critics: every panel kind
+    canvas = FigureCanvasAgg(figures[0])
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    panels = [axes.get_window_extent(renderer) for axes in figures[0].axes]
+    legends = [axes.get_legend() for axes in figures[0].axes if axes.get_legend()]
+    assert len(legends) == 5  # samples, singular values and losses; none on the histogram
+    for legend in legends:
+        box = legend.get_window_extent(renderer)
+        assert not any(box.overlaps(panel) for panel in panels)
 
 
 @pytest.mark.parametrize("missing", ["matplotlib", "tqdm"])

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+from collections.abc import Callable, Iterator
+from fractions import Fraction
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from helpers import raw
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 from torch_constraints import (
@@ -22,9 +28,11 @@ from torch_constraints import (
     hard_project,
     serialize,
     spectral_norm_bound,
+    violation,
 )
 
 SHAPES = [(5, 8), (8, 5), (6, 6), (3, 2, 2, 2)]  # wide, tall, square, a conv (3, 8)
+FLOAT_DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
 
 # ----------------------------------------------------------------------------- oracles
@@ -186,29 +194,158 @@ def test_non_expansive(constraint: SpectralBall | PSD) -> None:
 
 
 # ----------------------------------------------------------------------------- the bound
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+PRECISIONS = ["highest", "high", "medium"]  # float32 matmuls: IEEE, TF32, bf16
+
+
+@contextlib.contextmanager
+def matmul_precision(precision: str) -> Iterator[None]:
+    """``torch.set_float32_matmul_precision(precision)`` for the block ("high" and
+    "medium" let oneDNN's CPU matmuls round to TF32/bf16 too)."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 @pytest.mark.parametrize(
     "case",
-    ["rank_one", "repeated", "random_square", "random_wide", "tall", "zero", "tiny", "huge"],
+    [
+        "rank_one",
+        "repeated",
+        "near_repeated",
+        "random_square",
+        "random_wide",
+        "tall",
+        "zero",
+        "tiny",
+        "subnormal",
+        "huge",
+    ],
 )
-def test_spectral_norm_bound_never_under_estimates(dtype: torch.dtype, case: str) -> None:
+def test_spectral_norm_bound_never_under_estimates(
+    dtype: torch.dtype, case: str, precision: str
+) -> None:
     w = {
         "rank_one": with_singular_values((40, 60), [5.0, 0.0], 10),
         "repeated": with_singular_values((40, 40), [1.0], 11),
+        "near_repeated": with_singular_values((30, 50), [1.0, 1 - 1e-7, 1 - 2e-7, 0.5], 12),
         "random_square": random((64, 64), 12),
         "random_wide": random((16, 300), 13),
         "tall": random((300, 16), 14),
         "zero": np.zeros((5, 5)),
         "tiny": random((20, 20), 15, 1e-30),
+        "subnormal": random((20, 20), 17, 1e-42),
         "huge": random((20, 20), 16, 1e30),
     }[case]
-    if dtype == torch.bfloat16 and case in ("tiny", "huge"):
-        return  # out of bfloat16's range
+    if dtype in (torch.bfloat16, torch.float16) and case in ("tiny", "subnormal", "huge"):
+        return  # out of the half dtypes' range
     stored = torch.from_numpy(w).to(dtype)
-    bound = float(spectral_norm_bound(stored))
+    with matmul_precision(precision):
+        bound = float(spectral_norm_bound(stored))
     exact = sigma_max(stored)
     assert exact <= bound
-    assert bound <= exact * 1.1 + 1e-300  # and useful
+    # And useful: TF32/bf16 products carry a larger rounding error, and so a looser bound.
+    assert bound <= exact * (1.1 if precision == "highest" else 2.0) + 1e-300
+
+
+def integer_vector(draw: Callable[..., Any], length: int, bits: int) -> np.ndarray:
+    values = st.integers(-(2**bits) + 1, 2**bits - 1)
+    return np.array(draw(st.lists(values, min_size=length, max_size=length)), dtype=np.int64)
+
+
+#: Per dtype: bits of each integer factor (so every entry x_i * y_j is exact) and the
+#: range of the power of two scaling them (so that it stays exact and finite).
+RANK_ONE_RANGES = {
+    torch.float16: (5, -24, 4),
+    torch.bfloat16: (4, -120, 110),
+    torch.float32: (12, -149, 100),
+    torch.float64: (26, -1074, 960),
+}
+
+
+@given(data=st.data())
+def test_spectral_norm_bound_of_rank_one_matrices_against_exact_arithmetic(
+    data: st.DataObject,
+) -> None:
+    # x y^T 2^e has the single singular value |x| |y| 2^e: exact in rational arithmetic.
+    dtype = data.draw(st.sampled_from(list(RANK_ONE_RANGES)))
+    bits, low, high = RANK_ONE_RANGES[dtype]
+    m, n = data.draw(st.integers(1, 320)), data.draw(st.integers(1, 320))
+    constant = data.draw(st.booleans())
+    x = integer_vector(data.draw, 1 if constant else m, bits).repeat(m if constant else 1)
+    y = integer_vector(data.draw, 1 if constant else n, bits).repeat(n if constant else 1)
+    e = data.draw(st.integers(low, high))
+    iterations = data.draw(st.integers(0, 6))
+    entries = np.outer(x, y).astype(np.float64) * 2.0**e
+    stored = torch.from_numpy(entries).to(dtype)
+    assert np.array_equal(stored.double().numpy(), entries)  # the oracle's matrix is the stored one
+    sigma_squared = Fraction(int((x**2).sum()) * int((y**2).sum())) * Fraction(2) ** (2 * e)
+    with matmul_precision(data.draw(st.sampled_from(PRECISIONS))):
+        bound = float(spectral_norm_bound(stored, iterations=iterations))
+    assert Fraction(bound) ** 2 >= sigma_squared
+    assert sigma_squared > 0 or bound == 0
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_spectral_norm_bound_of_constant_matrices_covers_the_rounding(precision: str) -> None:
+    # sigma_max(c * ones(m, n)) = |c| sqrt(mn): these float32 cases were under by 0.15 and
+    # 0.27, the float64 one by 2.5e-14 (its rounding was not fully accounted for).
+    with matmul_precision(precision):
+        assert float(spectral_norm_bound(torch.ones(1000, 1000), iterations=0)) >= 1000
+        assert float(spectral_norm_bound(torch.ones(1500, 1500), iterations=1)) >= 1500
+        for iterations in range(8):
+            ones = torch.ones(300, 300, dtype=torch.float64)
+            assert float(spectral_norm_bound(ones, iterations=iterations)) >= 300
+            third = torch.full((300, 300), 1 / 3)  # sigma = 300 * fl32(1/3) exactly
+            exact = 300 * Fraction(float(third[0, 0]))
+            assert Fraction(float(spectral_norm_bound(third, iterations=iterations))) >= exact
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_spectral_norm_bound_of_zero_infinite_and_nan_matrices(
+    dtype: torch.dtype, precision: str
+) -> None:
+    batch = torch.zeros(5, 300, 300, dtype=dtype)
+    batch[1, 3, 4] = math.inf
+    batch[2, 0, 0] = -math.inf
+    batch[3, 5, 5] = math.nan
+    batch[4] = 2.0
+    with matmul_precision(precision):
+        bounds = spectral_norm_bound(batch).tolist()
+        empty = [spectral_norm_bound(torch.ones(s)).tolist() for s in [(3, 0), (0, 3), (0, 4, 4)]]
+    assert bounds[:3] == [0.0, math.inf, math.inf]
+    assert math.isnan(bounds[3])
+    assert 600.0 <= bounds[4] < 600.0 * 1.1
+    assert empty == [0.0, 0.0, []]
+
+
+def test_spectral_norm_bound_assumes_the_backend_matmul_precision() -> None:
+    # oneDNN may run float32 CPU matmuls in bf16 when its fp32_precision says so.
+    w = torch.from_numpy(random((64, 64), 18)).float()
+    exact = sigma_max(w)
+    before = torch.backends.mkldnn.matmul.fp32_precision  # type: ignore[attr-defined]
+    try:
+        torch.backends.mkldnn.matmul.fp32_precision = "bf16"  # type: ignore[attr-defined]
+        reduced = float(spectral_norm_bound(w))
+    finally:
+        torch.backends.mkldnn.matmul.fp32_precision = before  # type: ignore[attr-defined]
+    assert exact <= float(spectral_norm_bound(w)) < reduced
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_ldexp_builds_exact_powers_of_two_across_the_normal_range(
+    dtype: torch.dtype, device: str
+) -> None:
+    # The bound's proof scales by powers of two built with torch.ldexp.
+    limit = 126 if dtype == torch.float32 else 1022
+    k = torch.arange(-limit, limit + 1, device=device)
+    powers = torch.ldexp(torch.ones_like(k, dtype=dtype), k).cpu().tolist()
+    assert powers == [2.0**e for e in range(-limit, limit + 1)]
 
 
 def test_spectral_norm_bound_batched_and_tight_with_more_iterations() -> None:
@@ -224,6 +361,18 @@ def test_spectral_norm_bound_rejects_bad_input() -> None:
         spectral_norm_bound(torch.ones(3))
     with pytest.raises(ValueError, match="-1"):
         spectral_norm_bound(torch.ones(3, 3), iterations=-1)
+
+
+def test_hard_project_moves_a_matrix_that_the_bound_only_just_excludes() -> None:
+    # sigma = 300 exactly; the radius is 5e-12 below it (the old bound certified it inside).
+    radius = 300 - 5e-12
+    layer = nn.Linear(300, 300, bias=False, dtype=torch.float64)
+    constrain(layer, "weight", SpectralBall(radius, iterations=0), parametrize=False)
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+    hard_project(layer)
+    assert not bool((layer.weight == 1.0).all())
+    assert sigma_max(layer.weight) <= radius * (1 + 1e-14)
 
 
 # ----------------------------------------------------------------------------- rescale
@@ -441,6 +590,185 @@ def test_conv_lipschitz_is_within_sqrt_kernel_area_of_the_reshaped_norm() -> Non
     assert operator <= 3 * reshaped  # sqrt(kh * kw) = 3
 
 
+# ----------------------------------------------------------------------------- robustness
+def failing(times: int) -> Callable[..., object]:
+    """``torch.linalg.svd`` that raises ``LinAlgError`` on its first ``times`` calls."""
+    original, calls = torch.linalg.svd, []
+
+    def svd(*args: Any, **kwargs: Any) -> object:
+        calls.append(args[0])
+        if len(calls) <= times:
+            raise torch.linalg.LinAlgError("linalg.svd: did not converge")  # type: ignore[attr-defined]
+        return original(*args, **kwargs)
+
+    return svd
+
+
+@pytest.mark.parametrize("failures", [1, 2])
+@pytest.mark.parametrize(
+    ("constraint", "oracle"),
+    [(SpectralBall(1.0), lambda w: oracle_ball(w, 1.0)), (Orthogonal(), oracle_polar)],
+    ids=["ball", "orth"],
+)
+def test_an_svd_that_fails_to_converge_is_retried(failures: int, constraint, oracle) -> None:  # type: ignore[no-untyped-def]
+    # Retried on the other orientation, then in float64 (the CPU has no other driver).
+    w = torch.from_numpy(random((6, 9), 40, 2.0)).float()
+    expected = oracle(w.double().numpy())
+    for project in (constraint.project, constraint.project_):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(torch.linalg, "svd", failing(failures))
+            got = project(w.clone())
+        np.testing.assert_allclose(got.double().numpy(), expected, rtol=0, atol=1e-5)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.linalg, "svd", failing(3))
+        with pytest.raises(torch.linalg.LinAlgError):  # type: ignore[attr-defined]
+            constraint.project(w)
+
+
+def test_a_matrix_lapack_fails_on_is_projected() -> None:
+    # With this build's LAPACK on one thread, svd(w.mT) of the last w does not converge
+    # (svd(w) and float64 do); elsewhere the test still checks the projection.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(57)
+        w = nn.Linear(256, 256).weight.detach()
+        for _ in range(9):
+            w = SpectralBall(1.0).project(w * 1.01)
+        layers = [nn.Linear(256, 256), nn.Linear(256, 256)]
+        for layer, constraint in zip(layers, [SpectralBall(1.0), Orthogonal()], strict=True):
+            constrain(layer, "weight", constraint, parametrize=False)
+            with torch.no_grad():
+                layer.weight.copy_(w)
+            hard_project(layer)
+    finally:
+        torch.set_num_threads(threads)
+    assert sigma_max(w) <= 1 + 1e-5
+    assert sigma_max(layers[0].weight) <= 1 + 1e-5
+    q = layers[1].weight.detach().double()
+    torch.testing.assert_close(q @ q.T, torch.eye(256, dtype=torch.float64), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("constraint", "oracle"),
+    [
+        (SpectralBall(1.0), lambda w: oracle_ball(w, 1.0)),
+        (SpectralBall(1.0, method="rescale"), None),
+        (Orthogonal(), oracle_polar),
+        (PSD(), oracle_psd),
+    ],
+    ids=["ball", "rescale", "orth", "psd"],
+)
+def test_a_non_finite_matrix_projects_to_nan_and_leaves_the_others(constraint, oracle) -> None:  # type: ignore[no-untyped-def]
+    finite = random((6, 6), 41, 2.0)
+    stack = torch.from_numpy(np.stack([finite, finite, finite, finite])).float()
+    stack[1, 2, 3], stack[2, 0, 0], stack[3, 5, 1] = math.nan, math.inf, -math.inf
+    c = copy.deepcopy(constraint)
+    c.bind(stack[0])  # the stack is a batch of four 6x6 weights
+    for got in (c.project(stack), c.project_(stack.clone())):
+        assert bool(got[1:].isnan().all())
+        if oracle is not None:
+            np.testing.assert_allclose(got[0].double().numpy(), oracle(finite), atol=1e-5)
+        else:
+            assert sigma_max(got[0]) <= 1.0
+    # In a model: hard_project propagates the NaN instead of failing the step.
+    layer = nn.Linear(6, 6)
+    constrain(layer, "weight", copy.deepcopy(constraint), parametrize=False)
+    with torch.no_grad():
+        layer.weight.fill_(math.nan)
+    hard_project(layer)
+    assert bool(layer.weight.isnan().all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("case", ["random", "ones", "indefinite", "negative"])
+def test_psd_of_a_huge_finite_matrix_is_finite_and_accurate(dtype: torch.dtype, case: str) -> None:
+    big = torch.finfo(dtype).max * 0.9
+    w = {
+        "random": random((8, 8), 42, 1.0) / 3,
+        "ones": np.ones((8, 8)),
+        "indefinite": np.array([[1.0, 1.0], [1.0, -1.0]]),  # P's corner is 1.207: beyond max
+        "negative": -np.eye(5),
+    }[case]
+    got = PSD().project(torch.from_numpy(w * big).to(dtype)).double().numpy()
+    assert np.isfinite(got).all()
+    expected = np.clip(oracle_psd(w) * big, -torch.finfo(dtype).max, torch.finfo(dtype).max)
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-12
+    np.testing.assert_allclose(got / big, expected / big, rtol=0, atol=tolerance)
+
+
+@pytest.mark.parametrize(
+    ("w", "radius"),
+    [
+        (torch.ones(300, 300) * (torch.finfo(torch.float32).max / 4), 1.0),
+        (torch.ones(128, 128), 1e-6),  # every singular value clipped, rank-one input
+        (torch.from_numpy(random((128, 96), 43, 3.0)).float(), 1.0),
+        (torch.from_numpy(with_singular_values((128, 128), [5.0, 0.0], 44)).float(), 1.0),
+    ],
+    ids=["ones_huge", "ones_tiny_radius", "random", "rank_one"],
+)
+def test_float32_spectral_ball_overshoot_is_within_the_documented_bound(
+    w: torch.Tensor, radius: float
+) -> None:
+    # docs/matrix-constraints.md: sigma_max(P(W)) <= r (1 + 2 n u), n the larger side.
+    bound = radius * (1 + 2 * max(w.shape) * 2.0**-24)
+    assert sigma_max(SpectralBall(radius).project(w)) <= bound
+    inplace = w.clone()
+    SpectralBall(radius).project_(inplace)
+    assert sigma_max(inplace) <= bound
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("constraint", [SpectralBall(1.0), Orthogonal()], ids=repr)
+def test_violation_right_after_hard_project_is_rounding(
+    dtype: torch.dtype, constraint: Constraint
+) -> None:
+    # Not 0: violation() decomposes the projected weight again, on its boundary.
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(128, 128)).to(dtype)
+    for layer in model:
+        constrain(layer, "weight", copy.deepcopy(constraint), parametrize=False)
+        with torch.no_grad():
+            layer.weight.mul_(20.0)  # type: ignore[operator]
+    hard_project(model)
+    eps = torch.finfo(dtype).eps
+    assert all(0 <= v <= 16 * eps for v in violation(model).values())
+
+
+# ----------------------------------------------------------------------------- zero size
+@pytest.mark.parametrize("shape", [(3, 0), (0, 3), (0, 0), (4, 0, 3), (2, 3, 0)], ids=str)
+@pytest.mark.parametrize(
+    "constraint",
+    [SpectralBall(1.0), SpectralBall(1.0, method="rescale"), Orthogonal()],
+    ids=["ball", "rescale", "orth"],
+)
+def test_a_tensor_without_elements_is_left_as_it_is(
+    shape: tuple[int, ...], constraint: Constraint
+) -> None:
+    # The empty matrix is in every one of these sets: sigma_max = 0, and a 3x0 matrix has
+    # orthonormal columns (a 0x3 one orthonormal rows) vacuously.
+    x = torch.ones(shape)
+    projected = constraint.project(x)
+    assert projected.shape == x.shape and projected is not x
+    assert constraint.project_(x) is x and x.shape == shape
+    for parametrize in (True, False):
+        holder = nn.Module()
+        holder.weight = nn.Parameter(torch.ones(shape))
+        constrain(holder, "weight", copy.deepcopy(constraint), parametrize=parametrize)
+        hard_project(holder)
+        assert holder.weight.shape == shape
+
+
+def test_psd_of_an_empty_square_tensor_is_a_no_op_and_of_a_non_square_one_an_error() -> None:
+    for x in (torch.ones(0, 0), torch.ones(0, 0, 0), torch.ones(0, 4, 4)):
+        c = PSD()
+        if x.ndim == 3:
+            c.bind(torch.ones(x.shape[1:]))
+        assert c.project(x).shape == x.shape and c.project_(x) is x
+    with pytest.raises(ValueError, match=r"square.*\(3, 0\)"):
+        PSD().project(torch.ones(3, 0))
+
+
 # ----------------------------------------------------------------------------- config, errors
 @pytest.mark.parametrize(
     "constraint", [SpectralBall(0.5, method="rescale", iterations=6), Orthogonal(), PSD()]
@@ -475,8 +803,8 @@ def test_fusion_key_tells_configurations_apart() -> None:
         ({"radius": -1.0}, "radius must be >= 0, got -1.0"),
         ({"radius": math.inf}, "radius must be finite"),
         ({"method": "power"}, "method must be 'svd' or 'rescale', got 'power'"),
-        ({"iterations": 31}, "iterations must be in"),
-        ({"iterations": 2.0}, "iterations must be an int, got 2.0"),
+        ({"iterations": 31}, r"iterations must be an int in \[0, 30\], got 31"),
+        ({"iterations": 2.0}, "iterations must be an int in .*, got 2.0"),
     ],
 )
 def test_spectral_ball_rejects_bad_arguments(kwargs: dict[str, object], match: str) -> None:

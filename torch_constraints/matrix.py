@@ -23,7 +23,13 @@ derivative of a spectral function (divided differences of :math:`f`, bounded
 wherever :math:`f` is Lipschitz).
 
 Decompositions run in float32 for float16/bfloat16 weights (and in float64 for
-float64), and the result is rounded back to the weight's dtype.
+float64), and the result is rounded back to the weight's dtype. An SVD that
+fails to converge (``torch.linalg.LinAlgError``, which LAPACK raises on rare
+matrices with clustered singular values, depending on the build and the thread
+count) is retried on the transpose, with cuSOLVER's ``gesvd`` on CUDA, then in
+float64, instead of failing the training step. A matrix with a NaN or infinite
+entry projects to all NaN (the other matrices of a batch are unaffected), and a
+tensor with no elements is returned as it is.
 """
 
 from __future__ import annotations
@@ -47,41 +53,128 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _matmul_roundoff(dtype: torch.dtype) -> float:
-    """Unit roundoff of a matrix product in ``dtype`` (TF32/bf16 when PyTorch allows them)."""
-    if dtype == torch.float64:
-        return 2.0**-53
-    precision = torch.get_float32_matmul_precision()
-    return {"highest": 2.0**-24, "high": 2.0**-11}.get(precision, 2.0**-8)
-
-
 def _gamma(n: int, u: float) -> float:
     """The rounding bound :math:`\\gamma_n = nu / (1 - nu)` of an inner product of length n."""
     nu = n * u
     return math.inf if nu >= 1 else nu / (1 - nu)
 
 
+def _product_error(n: int, dtype: torch.dtype) -> float:
+    r""":math:`\delta_n` with :math:`|fl(XY) - XY| \le \delta_n |X||Y|` (inner length n).
+
+    float32 products may run in TF32 or bf16 wherever PyTorch's matmul precision
+    settings allow it, on any backend (``set_float32_matmul_precision("high")``
+    or ``"medium"`` set oneDNN's CPU matmuls too): the operands are then rounded
+    (relative error ``v``, exact products) and accumulated in float32 at four
+    times its unit roundoff, :math:`2^{-22}`, which covers accumulators that
+    truncate (tensor cores do) rather than round.
+    """
+    if dtype == torch.float64:
+        return _gamma(n, 2.0**-53)
+    mkldnn = torch.backends.mkldnn
+    settings = {
+        getattr(torch.backends, "fp32_precision", "ieee"),  # each "none" defers to this one
+        torch.backends.cuda.matmul.fp32_precision,
+        mkldnn.fp32_precision,
+        getattr(getattr(mkldnn, "matmul", None), "fp32_precision", "ieee"),
+    }
+    if settings <= {"ieee", "none"}:
+        return _gamma(n, 2.0**-24)
+    v = 2.0**-10 if settings <= {"ieee", "none", "tf32"} else 2.0**-7  # TF32, else bf16
+    return (1 + v) ** 2 * (1 + _gamma(n, 2.0**-22)) - 1
+
+
+def _exponent(values: Tensor, dtype: torch.dtype) -> Tensor:
+    """``e`` with ``values`` in ``[2**(e-1), 2**e)``, clamped so that ``2**±e`` is normal."""
+    limit = -math.frexp(torch.finfo(dtype).tiny)[1] + 1
+    return torch.frexp(values).exponent.clamp(-limit, limit)
+
+
+def _pow2(e: Tensor, dtype: torch.dtype) -> Tensor:
+    """``2**e`` exactly (a constant: no gradient flows into ``e``)."""
+    return torch.ldexp(torch.ones_like(e, dtype=dtype), e)
+
+
+def _frobenius_bound(x: Tensor) -> Tensor:
+    """An upper bound on each matrix's exact Frobenius norm, in float64.
+
+    A sum of squares in float64 (``vector_norm`` upcasts each entry), in any
+    order, then a square root: within
+    :math:`\\gamma_{N+2}` relative of the exact norm (``N`` entries), plus what the
+    squares below float64's normal range lose, :math:`\\sqrt{N \\cdot 2^{-1022}}`.
+    """
+    numel = x.shape[-2] * x.shape[-1]
+    norm: Tensor = torch.linalg.vector_norm(x, dim=(-2, -1), dtype=torch.float64)
+    return norm * (1 + _gamma(numel + 2, 2.0**-53)) + math.sqrt(numel) * 2.0**-511
+
+
 def spectral_norm_bound(matrices: Tensor, *, iterations: int = 4) -> Tensor:
     r"""Return a certified upper bound on the largest singular value of each matrix.
 
-    Gram iteration (Delattre et al., 2023): with :math:`G_0 = W W^\top` (the
-    smaller side) and :math:`G_{t+1} = G_t G_t^\top`,
-    :math:`\sigma_{\max}(G_t) = \sigma_{\max}(W)^{2^{t+1}}` and
+    Gram iteration (Delattre et al., 2023): with :math:`X_0 = W` (the wide
+    orientation, :math:`m \le k`) and :math:`X_{t+1} = X_t X_t^\top`,
+    :math:`\sigma_{\max}(X_t) = \sigma_{\max}(W)^{2^t}` and
 
     .. math::
 
-        \sigma_{\max}(W) \le \lVert G_t \rVert_F^{1/2^{t+1}} ,
+        \sigma_{\max}(W) \le \lVert X_{T+1} \rVert_F^{1/2^{T+1}} , \qquad
+        T = \texttt{iterations},
 
     which tightens quickly: the overshoot factor is
-    :math:`(\sum_i (\sigma_i / \sigma_{\max})^{2^{t+2}})^{1/2^{t+2}}`, a few percent
-    for a random square 768x768 matrix at the default 4 iterations. Every
-    iterate is rescaled to unit Frobenius norm (no overflow), and the bound
-    carries the rounding error of each product (:math:`|fl(AB) - AB| \le
-    \gamma_n |A||B|`, :math:`\gamma_n = nu/(1-nu)`, in the compute dtype, TF32 or
-    bf16 if PyTorch's float32 matmul precision allows them), so it is an upper
-    bound on the exact :math:`\sigma_{\max}` of the stored matrix, not only in
-    exact arithmetic. Costs one product :math:`m \times k \times m` and
-    ``iterations`` products :math:`m \times m \times m`, no decomposition.
+    :math:`(\sum_i (\sigma_i / \sigma_{\max})^{2^{T+2}})^{1/2^{T+2}}`, a few percent
+    for a random square 768x768 matrix at the default 4 iterations. Costs one
+    product :math:`m \times k \times m` and ``iterations`` products
+    :math:`m \times m \times m`, no decomposition.
+
+    The bound holds for the exact :math:`\sigma_{\max}` of the stored matrix,
+    rounding included, at every float32 matmul precision setting. The proof,
+    which the code follows step by step:
+
+    * **Scaling.** Each iterate is multiplied by a power of two
+      :math:`2^{-e}`, a float built exactly by :func:`torch.ldexp` and kept in
+      the normal range (the first by the one that brings its largest entry into
+      :math:`[1/2, 1)`, the others by the one that brings the computed norm of
+      the product there). That is exact, except for results below the normal
+      range, which lose less than ``tiny`` (the smallest normal number; this
+      also covers flush-to-zero) each: :math:`\sigma(Z) \le 2^{e}(\sigma(\hat X)
+      + \sqrt{N}\,\text{tiny})` for :math:`\hat X = fl(2^{-e} Z)` with ``N``
+      entries.
+    * **Products.** Matrix products are classical (as BLAS and cuBLAS compute
+      them: no Strassen-type algorithm). For any order of summation (blocked,
+      pairwise, split over threads or SIMD lanes, with or without FMA), an
+      inner product of length :math:`n` computed in floating point satisfies
+      :math:`|fl(x^\top y) - x^\top y| \le \gamma_n |x|^\top |y|`,
+      :math:`\gamma_n = nu/(1 - nu)` (Higham, *Accuracy and Stability of
+      Numerical Algorithms*, §3.1): each term passes through at most :math:`n`
+      roundings, whatever the tree, so the CPU's and the GPU's reduction
+      orders give the same bound. Where PyTorch allows TF32 or bf16
+      for float32 products (``"high"``, ``"medium"``, or the backends'
+      ``fp32_precision``), the operands are rounded first, so
+      :math:`\delta_n = (1 + v)^2 (1 + \gamma_n(2^{-22})) - 1` with
+      :math:`v = 2^{-10}` (TF32) or :math:`2^{-7}` (bf16), both with
+      truncation, and float32 accumulation at four times its unit roundoff; else
+      :math:`\delta_n = \gamma_n(u)`. With :math:`\hat G = fl(X X^\top)`,
+      :math:`\lVert \hat G - X X^\top \rVert_2 \le \delta_n \lVert |X||X|^\top
+      \rVert_2 + 16 m n\,\text{tiny} \le \delta_n \lVert X \rVert_F^2 + 16 m n\,
+      \text{tiny}` (the last term bounds underflow), so
+      :math:`\sigma(X)^2 = \sigma(X X^\top) \le \sigma(\hat G) + \delta_n
+      \lVert X \rVert_F^2 + 16 m n\,\text{tiny}`.
+    * **Norms.** Each :math:`\lVert \hat G_t \rVert_F` (and
+      :math:`\lVert X_0 \rVert_F`) is bounded above from a float64 sum of
+      squares (within :math:`\gamma_{N+2}(2^{-53})` relative, any order), and
+      so :math:`\bar F_{t+1} = 2^{-e_t} \lVert \hat G_t \rVert_F + m\,\text{tiny}
+      \ge \lVert X_{t+1} \rVert_F`.
+    * **The chain.** From :math:`\beta_{T+1} = \bar F_{T+1} \ge
+      \sigma(X_{T+1})` back to 0, :math:`\beta_t = (2^{e_t}(\beta_{t+1} +
+      m\,\text{tiny}) + \delta_{n_t} \bar F_t^2 + 16 m n_t\,\text{tiny})^{1/2}
+      \ge \sigma(X_t)`, and the result is :math:`2^{e}(\beta_0 +
+      \sqrt{mk}\,\text{tiny})`. It is evaluated in float64: its values are
+      non-negative and its operations monotone, each rounding by at most
+      :math:`2^{-53}` relative, and the square roots halve what comes from the
+      step before, so the computed result is within :math:`(1 + 2^{-53})^{20}`
+      of the exact one; it is multiplied by :math:`1 + 2^{-45}`, which covers
+      that and the rounding of the constants (:math:`\gamma_n`, computed in
+      Python floats).
 
     Args:
         matrices: a matrix ``(m, n)`` or a batch ``(..., m, n)``, floating point.
@@ -89,7 +182,10 @@ def spectral_norm_bound(matrices: Tensor, *, iterations: int = 4) -> Tensor:
             Default: ``4``.
 
     Returns:
-        A float64 tensor of shape ``matrices.shape[:-2]``.
+        A float64 tensor of shape ``matrices.shape[:-2]``: 0 for a zero or empty
+        matrix, ``inf`` for a matrix with an infinite entry, NaN for one with a
+        NaN (float64 matrices whose :math:`\sigma_{\max}` exceeds float64's
+        range get ``inf`` too).
 
     Raises:
         ValueError: if ``matrices`` has fewer than 2 dimensions or ``iterations < 0``.
@@ -101,6 +197,8 @@ def spectral_norm_bound(matrices: Tensor, *, iterations: int = 4) -> Tensor:
         >>> bound = spectral_norm_bound(w)
         >>> bool(3.0 <= bound < 3.0 * 1.001)
         True
+        >>> float(spectral_norm_bound(torch.ones(1000, 1000), iterations=0)) >= 1000
+        True
     """
     if matrices.ndim < 2:
         raise ValueError(
@@ -110,39 +208,29 @@ def spectral_norm_bound(matrices: Tensor, *, iterations: int = 4) -> Tensor:
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
         raise ValueError(f"spectral_norm_bound: iterations must be an int >= 0, got {iterations!r}")
     a = matrices.to(_compute_dtype(matrices.dtype))
-    if a.shape[-2] > a.shape[-1]:
-        a = a.mT
+    a = a.mT if a.shape[-2] > a.shape[-1] else a
     m, k = a.shape[-2], a.shape[-1]
-    u = _matmul_roundoff(a.dtype)
-    tiny = torch.finfo(a.dtype).tiny
-    # Scale by the largest entry first: the Frobenius norm neither under- nor overflows.
-    amax = a.abs().amax(dim=(-2, -1)).clamp_min(tiny)
-    a = a / amax[..., None, None]
-    fro = torch.linalg.matrix_norm(a)
-    b = a / fro.clamp_min(tiny)[..., None, None]
-    # sigma(b_t)^2 = sigma(b_t b_t^T) <= f_t * sigma(b_{t+1}) + err_t, with
-    # ||b_t||_F = 1 up to rounding: err_t covers the product (gamma of its inner
-    # length) and the normalisation (a few u, relative to ||b_{t+1}||_F = 1).
-    norms: list[Tensor] = []
-    errors: list[float] = []
-    inner = k
+    if m == 0:
+        return torch.zeros(a.shape[:-2], dtype=torch.float64, device=a.device)
+    dtype, tiny = a.dtype, torch.finfo(a.dtype).tiny
+    amax = a.abs().amax(dim=(-2, -1))
+    shift = _exponent(amax, dtype)
+    x = a * _pow2(-shift, dtype)[..., None, None]
+    fro, inner = _frobenius_bound(x), k  # bar F_t >= ||X_t||_F, and X_t's inner length
+    steps: list[tuple[Tensor, int, Tensor]] = []  # (bar F_t, n_t, e_t)
     for _ in range(iterations + 1):
-        g = b @ b.mT
-        f = torch.linalg.matrix_norm(g).clamp_min(tiny)
-        b = g / f[..., None, None]
-        norms.append(f.double())
-        errors.append(_gamma(inner + 2, u) * (1 + 4 * u))
-        inner = m
-    beta = torch.full_like(norms[0], 1 + 4 * m * u)  # bounds ||b_K||_F >= sigma(b_K)
-    for f, err in zip(reversed(norms), reversed(errors), strict=True):
-        beta = torch.sqrt(f * (beta + 2 * u) + err)
-    # The two divisions above round each entry by u (2u in all, ||b||_F = 1).
-    bound: Tensor = amax.double() * fro.double() * (beta + 3 * u) * (1 + 4 * u)
-    return bound
-
-
-def _unit_roundoff(dtype: torch.dtype) -> float:
-    return float(torch.finfo(dtype).eps) / 2
+        g = x @ x.mT
+        g_norm = _frobenius_bound(g)
+        e = _exponent(g_norm, dtype)
+        x = g * _pow2(-e, dtype)[..., None, None]  # X_{t+1}, up to underflow
+        steps.append((fro, inner, e))
+        fro, inner = g_norm * _pow2(-e, torch.float64) + m * tiny, m
+    beta = fro  # >= ||X_{T+1}||_F >= sigma(X_{T+1}); then beta >= sigma(X_t) back to t = 0
+    for fro, inner, e in reversed(steps):
+        sigma_g = (beta + m * tiny) * _pow2(e, torch.float64)
+        beta = torch.sqrt(sigma_g + _product_error(inner, dtype) * fro**2 + 16 * m * inner * tiny)
+    bound = (beta + math.sqrt(m * k) * tiny) * _pow2(shift, torch.float64) * (1 + 2.0**-45)
+    return torch.where(amax.isfinite(), torch.where(amax > 0, bound, 0.0), amax.double())
 
 
 def _safe_div(num: Tensor, den: Tensor, where: Tensor) -> Tensor:
@@ -150,14 +238,31 @@ def _safe_div(num: Tensor, den: Tensor, where: Tensor) -> Tensor:
     return torch.where(where, num / torch.where(where, den, torch.ones_like(den)), 0.0)
 
 
-def _svd_of_wide(w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Thin SVD of wide ``w``, computed on ``w.mT``: LAPACK's tall path is faster on CPU."""
-    u, s, vh = torch.linalg.svd(w.mT, full_matrices=False)
-    return vh.mT, s, u.mT
+def _finite(w: Tensor) -> tuple[Tensor, Tensor]:
+    """``w`` with its non-finite matrices zeroed (LAPACK refuses them), and where they were."""
+    finite = w.isfinite().all(dim=-1).all(dim=-1)[..., None, None]
+    return torch.where(finite, w, 0.0), finite
 
 
-def _saved(ctx: Any) -> tuple[Tensor, ...]:
-    return tuple(ctx.saved_tensors)
+def _svd(w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Thin SVD of finite wide ``w``, computed on ``w.mT`` (LAPACK's tall path is faster on CPU).
+
+    One that fails to converge is retried on ``w``, with ``gesvd`` on CUDA, then in float64.
+    """
+    attempts: list[tuple[bool, str | None, torch.dtype]] = [(True, None, w.dtype)]
+    attempts += [(False, None, w.dtype)]
+    attempts += [(True, "gesvd", w.dtype)] if w.is_cuda else []
+    attempts += [(True, None, torch.float64)] if w.dtype != torch.float64 else []
+    for i, (transpose, driver, dtype) in enumerate(attempts):
+        a = w.to(dtype).mT if transpose else w.to(dtype)
+        try:
+            u, s, vh = torch.linalg.svd(a, full_matrices=False, driver=driver)
+            break
+        except torch.linalg.LinAlgError:  # type: ignore[attr-defined]
+            if i + 1 == len(attempts):
+                raise
+    u, vh = (vh.mT, u.mT) if transpose else (u, vh)
+    return u.to(w.dtype), s.to(w.dtype), vh.to(w.dtype)
 
 
 def _pairs(s: Tensor) -> tuple[Tensor, Tensor]:
@@ -219,21 +324,21 @@ class _SpectralBallFn(Function):
 
     @staticmethod
     def forward(ctx: Any, w: Tensor, radius: float) -> Tensor:
-        u, s, vh = _svd_of_wide(w)
+        w0, finite = _finite(w)
+        u, s, vh = _svd(w0)
         ctx.save_for_backward(u, s, vh)
         ctx.radius = radius
         # U min(S, r) V^T is accurate to rounding relative to r; a matrix with no
         # singular value above r is returned as it is (bit for bit).
         clipped = (u * s.clamp_max(radius)[..., None, :]) @ vh
-        outside = (s > radius).any(dim=-1)
-        return torch.where(outside[..., None, None], clipped, w)
+        outside = (s > radius).any(dim=-1)[..., None, None]
+        return torch.where(finite, torch.where(outside, clipped, w), torch.nan)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        u, s, vh = _saved(ctx)
-        coefficients = _ball_excess_coefficients(s, ctx.radius)
+        u, s, vh = ctx.saved_tensors
         # Exactly the identity when no singular value exceeds the radius.
-        return grad - _spectral_vjp(grad, u, vh, *coefficients), None
+        return grad - _spectral_vjp(grad, u, vh, *_ball_excess_coefficients(s, ctx.radius)), None
 
 
 class _PolarFn(Function):
@@ -241,13 +346,14 @@ class _PolarFn(Function):
 
     @staticmethod
     def forward(ctx: Any, w: Tensor) -> Tensor:
-        u, s, vh = _svd_of_wide(w)
+        w0, finite = _finite(w)
+        u, s, vh = _svd(w0)
         ctx.save_for_backward(u, s, vh)
-        return torch.matmul(u, vh)
+        return torch.where(finite, u @ vh, torch.nan)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:
-        u, s, vh = _saved(ctx)
+        u, s, vh = ctx.saved_tensors
         return _spectral_vjp(grad, u, vh, *_orthogonal_coefficients(s))
 
 
@@ -256,26 +362,26 @@ class _PSDFn(Function):
 
     @staticmethod
     def forward(ctx: Any, w: Tensor) -> Tensor:
-        sym = (w + w.mT) * 0.5
+        # Decomposed at unit scale (P(cW) = c P(W)); entries beyond the dtype's
+        # range, which only a huge W can have, saturate at its largest value.
+        w0, finite = _finite(w)
+        e = _exponent(w0.abs().amax(dim=(-2, -1), keepdim=True), w.dtype).clamp_min(0)
+        x = w0 * _pow2(-e, w.dtype)
+        sym = (x + x.mT) * 0.5
         lam, q = torch.linalg.eigh(sym)
-        negative = lam.clamp_max(0)
-        out = sym - (q * negative[..., None, :]) @ q.mT
+        out = sym - (q * lam.clamp_max(0)[..., None, :]) @ q.mT
         ctx.save_for_backward(lam, q)
-        return torch.mul(out + out.mT, 0.5)
+        fmax = torch.finfo(w.dtype).max
+        out = ((out + out.mT) * 0.5 * _pow2(e, w.dtype)).clamp(-fmax, fmax)
+        return torch.where(finite, out, torch.nan)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:
-        lam, q = _saved(ctx)
+        lam, q = ctx.saved_tensors
         gs = (grad + grad.mT) * 0.5
-        neg = lam.clamp_max(0)
-        below = lam < 0
-        li, lj = _pairs(lam)
-        ni, nj = _pairs(neg)
-        bi, bj = _pairs(below)
-        mixed = bi ^ bj
-        a = torch.where(mixed, _safe_div(ni - nj, li - lj, mixed), (bi & bj).to(lam.dtype))
-        inner = a * (q.mT @ gs @ q)
-        correction = q @ inner @ q.mT
+        # min(lambda, 0) = -max(-lambda - 0, 0): the ball's excess at radius 0.
+        inner = _ball_excess_coefficients(-lam, 0.0)[0] * (q.mT @ gs @ q)
+        correction: Tensor = q @ inner @ q.mT
         return gs - (correction + correction.mT) * 0.5
 
 
@@ -285,16 +391,20 @@ class _MatrixConstraint(Constraint):
 
     def check(self, x: Tensor, where: str) -> None:
         super().check(x, where)
-        if x.ndim < 2:
-            raise ValueError(
-                f"{where}: {type(self).__name__} needs a tensor with at least 2 dimensions "
-                f"(out, *rest), got shape {tuple(x.shape)}"
-            )
+        try:
+            self.matrices(x)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
 
     def matrices(self, x: Tensor) -> Tensor:
         """``x`` as matrices ``(*batch, out, prod(rest))`` in the compute dtype."""
+        if x.ndim < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs a tensor with at least 2 dimensions "
+                f"(out, *rest), got shape {tuple(x.shape)}"
+            )
         lead = self.batch_ndim(x) + 1
-        return x.reshape(*x.shape[:lead], -1).to(_compute_dtype(x.dtype))
+        return x.reshape(*x.shape[:lead], math.prod(x.shape[lead:])).to(_compute_dtype(x.dtype))
 
     def fusion_key(self) -> Hashable | None:
         if self._event_ndim is None:
@@ -303,14 +413,14 @@ class _MatrixConstraint(Constraint):
         return (type(self).__name__, config, self._event_ndim)
 
     def project(self, x: Tensor) -> Tensor:
-        if x.ndim < 2:
-            raise ValueError(
-                f"{type(self).__name__} needs a tensor with at least 2 dimensions, "
-                f"got shape {tuple(x.shape)}"
-            )
-        return self._project_matrices(self.matrices(x)).reshape(x.shape).to(x.dtype)
+        """Return the projection; a tensor with no elements is in the set, returned as is."""
+        m = self.matrices(x)
+        if m.numel() == 0:
+            return x.clone()
+        return self._project_matrices(m, x.dtype).reshape(x.shape).to(x.dtype)
 
-    def _project_matrices(self, m: Tensor) -> Tensor:
+    def _project_matrices(self, m: Tensor, dtype: torch.dtype) -> Tensor:
+        """Project the matrices ``m`` (compute dtype) for a result rounded to ``dtype``."""
         raise NotImplementedError
 
     def project_many_(self, xs: Sequence[Tensor], *, foreach: bool | None = None) -> None:
@@ -337,7 +447,11 @@ class SpectralBall(_MatrixConstraint):
     A matrix whose computed singular values are all at most :math:`r` is
     returned unchanged, bit for bit, and its Jacobian is exactly the identity.
     In float32 the result's :math:`\sigma_{\max}` may exceed :math:`r` by the
-    SVD's rounding, a few :math:`10^{-6}` relative for 768x768 matrices; use
+    SVD's rounding: 1e-6 to 4e-6 relative for full-rank weights up to 768x768,
+    and at most about :math:`2nu` (``n`` the larger side, :math:`u = 2^{-24}`:
+    9e-5 at 768) when singular values that are zero up to rounding are clipped
+    too, as for a rank-deficient matrix far outside the ball (float32 singular
+    vectors of such a cluster are orthonormal only to about :math:`nu`). Use
     ``method="rescale"`` where the bound must hold exactly.
 
     ``hard_project`` (:meth:`project_`) runs the SVD only on matrices not
@@ -372,6 +486,7 @@ class SpectralBall(_MatrixConstraint):
         ValueError: for a negative or non-finite ``radius``, an unknown ``method``,
             or ``iterations`` not an int in ``[0, 30]``; at registration, for a
             tensor with fewer than 2 dimensions.
+        torch.linalg.LinAlgError: only if the SVD fails to converge on every retry.
 
     Example:
         >>> import torch
@@ -391,80 +506,50 @@ class SpectralBall(_MatrixConstraint):
         if method not in ("svd", "rescale"):
             raise ValueError(f"SpectralBall: method must be 'svd' or 'rescale', got {method!r}")
         self.method = method
-        if isinstance(iterations, bool) or not isinstance(iterations, int):
-            raise ValueError(f"SpectralBall: iterations must be an int, got {iterations!r}")
-        if not 0 <= iterations <= 30:
-            raise ValueError(f"SpectralBall: iterations must be in [0, 30], got {iterations}")
+        if type(iterations) is not int or not 0 <= iterations <= 30:
+            message = f"iterations must be an int in [0, 30], got {iterations!r}"
+            raise ValueError(f"SpectralBall: {message}")
         self.iterations = iterations
 
-    def _project_matrices(self, m: Tensor) -> Tensor:
-        if self.method == "rescale":
-            return self._rescale(m, m.dtype)
-        return _wide(_SpectralBallFn.apply, m, self.radius)
-
-    def project(self, x: Tensor) -> Tensor:
-        if self.method == "rescale":
-            if x.ndim < 2:
-                super().project(x)  # raises
-            m = self.matrices(x)
-            return self._rescale(m, x.dtype).reshape(x.shape).to(x.dtype)
-        return super().project(x)
-
-    def _rescale(self, m: Tensor, out_dtype: torch.dtype) -> Tensor:
+    def _project_matrices(self, m: Tensor, dtype: torch.dtype) -> Tensor:
+        if self.method == "svd":
+            return _wide(_SpectralBallFn.apply, m, self.radius)
         bound = spectral_norm_bound(m, iterations=self.iterations)
-        u = _unit_roundoff(out_dtype)
-        fro = torch.linalg.matrix_norm(m).double()
+        u = torch.finfo(dtype).eps / 2
+        fro = _frobenius_bound(m)
         # fl(c * W) = c*W + E with ||E||_2 <= u ||c*W||_F; c itself rounds by u.
         scale = self.radius / ((1 + 2 * u) * (bound + u * fro))
-        factor = torch.where(bound <= self.radius, 1.0, scale).to(m.dtype)
-        return m * factor[..., None, None]
+        factor = torch.where(bound <= self.radius, 1.0, scale).to(m.dtype)[..., None, None]
+        return torch.where(_finite(m)[1], m * factor, torch.nan)
 
     @torch.no_grad()
     def project_(self, x: Tensor) -> Tensor:
         """Project in place; the SVD runs only on matrices not certified inside."""
-        if self.method == "rescale":
-            x.copy_(self.project(x))
-            return x
+        if self.method == "rescale" or x.numel() == 0:
+            return x.copy_(self.project(x))
         lead = self.batch_ndim(x) + 1
         flat = x.reshape(-1, *x.shape[lead - 1 : lead], math.prod(x.shape[lead:]))
-        outside = _certainly_outside(flat, self.radius)  # sync 1
+        m = flat.to(_compute_dtype(x.dtype))
+        # sigma_max >= every row's and column's norm, and 2 gamma_{n+2} covers their
+        # rounding: O(mn) spares clearly infeasible matrices the bound before their SVD.
+        rows, columns = (torch.linalg.vector_norm(m, dim=d).amax(dim=-1) for d in (-1, -2))
+        slack = 2 * _gamma(max(m.shape[-2:]) + 2, torch.finfo(m.dtype).eps / 2)
+        lower = torch.maximum(rows, columns) * (1 - slack)
+        outside = (lower > self.radius).nonzero().flatten().tolist()  # sync 1
         unsure = [i for i in range(flat.shape[0]) if i not in set(outside)]
         # A cheap bound first (one squaring) certifies matrices well inside; the
         # full one only what it leaves (syncs 2 and 3).
         for iterations in sorted({min(1, self.iterations), self.iterations}):
-            if not unsure:
-                break
-            chosen = flat if len(unsure) == flat.shape[0] else flat[unsure]
-            bound = spectral_norm_bound(chosen, iterations=iterations)
-            unsure = [unsure[i] for i in (bound > self.radius).nonzero().flatten().tolist()]
-        outside = sorted(outside + unsure)
-        if not outside:
+            if unsure:  # NaN bounds (non-finite matrices) stay unsure
+                bound = spectral_norm_bound(m[unsure], iterations=iterations)
+                unsure = [unsure[i] for i in (~(bound <= self.radius)).nonzero().flatten().tolist()]
+        chosen = sorted(outside + unsure)
+        if not chosen:
             return x
-        chosen = flat if len(outside) == flat.shape[0] else flat[outside]
-        m = chosen.to(_compute_dtype(x.dtype))
-        projected = _wide(_SpectralBallFn.apply, m, self.radius).to(x.dtype)
-        if len(outside) == flat.shape[0]:
-            flat.copy_(projected)
-        else:
-            flat[outside] = projected
+        flat[chosen] = _wide(_SpectralBallFn.apply, m[chosen], self.radius).to(x.dtype)
         if flat.data_ptr() != x.data_ptr() or not x.is_contiguous():
             x.copy_(flat.reshape(x.shape))
         return x
-
-
-def _certainly_outside(flat: Tensor, radius: float) -> list[int]:
-    r"""Indices of the matrices whose cheap lower bound on sigma_max exceeds ``radius``.
-
-    :math:`\sigma_{\max} \ge` every row's and column's norm: O(mn), and it spares
-    the clearly infeasible matrices the Gram iterations before their SVD.
-    """
-    m = flat.to(_compute_dtype(flat.dtype))
-    rows = torch.linalg.vector_norm(m, dim=-1).amax(dim=-1)
-    columns = torch.linalg.vector_norm(m, dim=-2).amax(dim=-1)
-    # Rounding of the norms: a relative (n + 2) u, inflated, keeps this a lower bound.
-    n = max(m.shape[-1], m.shape[-2]) + 2
-    lower = torch.maximum(rows, columns) * (1 - 2 * _gamma(n, _unit_roundoff(m.dtype)))
-    return (lower > radius).nonzero().flatten().tolist()
 
 
 class Orthogonal(_MatrixConstraint):
@@ -479,7 +564,8 @@ class Orthogonal(_MatrixConstraint):
     the polar factor of the thin SVD :math:`W = U \Sigma V^\top`: the nearest
     matrix with orthonormal rows (columns) in Frobenius norm. It is unique when
     :math:`W` has full rank; for rank-deficient :math:`W` this returns the one
-    the SVD picks.
+    the SVD picks. An empty weight, ``(n, 0)`` or ``(0, n)``, has orthonormal
+    columns or rows vacuously, and is returned as it is.
 
     PyTorch's :func:`torch.nn.utils.parametrizations.orthogonal` maps a raw
     unconstrained matrix through the matrix exponential, Cayley map or
@@ -492,6 +578,7 @@ class Orthogonal(_MatrixConstraint):
 
     Raises:
         ValueError: at registration, for a tensor with fewer than 2 dimensions.
+        torch.linalg.LinAlgError: only if the SVD fails to converge on every retry.
 
     Example:
         >>> import torch
@@ -503,10 +590,7 @@ class Orthogonal(_MatrixConstraint):
         True
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-
-    def _project_matrices(self, m: Tensor) -> Tensor:
+    def _project_matrices(self, m: Tensor, dtype: torch.dtype) -> Tensor:
         return _wide(_PolarFn.apply, m)
 
 
@@ -521,11 +605,15 @@ class PSD(_MatrixConstraint):
     with :math:`Q \operatorname{diag}(\lambda) Q^\top` the eigendecomposition of
     the symmetric part :math:`S = (W + W^\top)/2` (Higham, 1988). Computed as
     :math:`S - Q \operatorname{diag}(\min(\lambda, 0)) Q^\top`, so a symmetric
-    matrix whose eigenvalues are all non-negative is returned unchanged.
+    matrix whose eigenvalues are all non-negative is returned unchanged. A matrix
+    with entries above 1 is decomposed scaled by a power of two
+    (:math:`P_C(cW) = c P_C(W)`), so huge finite weights give finite results: an
+    entry of the projection beyond the dtype's range (it can exceed the input's
+    largest entry) saturates at the largest finite value.
 
     Raises:
-        ValueError: at registration, unless the weight is square once reshaped to
-            ``(out, -1)``.
+        ValueError: at registration (and from :meth:`project`), unless the weight
+            is square once reshaped to ``(out, -1)``; an empty ``(0, 0)`` weight is.
 
     Example:
         >>> import torch
@@ -535,19 +623,14 @@ class PSD(_MatrixConstraint):
                 [0., 0.]])
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-
-    def check(self, x: Tensor, where: str) -> None:
-        super().check(x, where)
-        rest = math.prod(x.shape[1:])
-        if x.shape[0] != rest:
-            raise ValueError(
-                f"{where}: PSD needs a square weight (out == prod(rest)), got shape "
-                f"{tuple(x.shape)}, a {x.shape[0]}x{rest} matrix"
-            )
-
-    def _project_matrices(self, m: Tensor) -> Tensor:
+    def matrices(self, x: Tensor) -> Tensor:
+        m = super().matrices(x)
         if m.shape[-2] != m.shape[-1]:
-            raise ValueError(f"PSD needs square matrices, got {m.shape[-2]}x{m.shape[-1]}")
+            raise ValueError(
+                f"PSD needs a square weight (out == prod(rest)), got shape {tuple(x.shape)}, "
+                f"a {m.shape[-2]}x{m.shape[-1]} matrix"
+            )
+        return m
+
+    def _project_matrices(self, m: Tensor, dtype: torch.dtype) -> Tensor:
         return _PSDFn.apply(m)  # type: ignore[no-any-return,no-untyped-call]
