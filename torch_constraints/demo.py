@@ -7,8 +7,8 @@ library:
 
 .. code-block:: python
 
-    constrain_all(critic, -clip, clip)           # the forward pass sees clipped weights
-    project_after_step(critic_optimizer, critic)  # the raw weights are clipped after each step
+    constrain_all(critic, -clip, clip, parametrize=False)  # the critic is left as it is
+    project_after_step(critic_optimizer, critic)  # and clipped after each step
 
 ``--critic spectral`` instead keeps the spectral norm of every critic weight at
 most ``radius`` (:class:`~torch_constraints.SpectralBall`, projected after each
@@ -248,12 +248,12 @@ def train(
     """Train the WGAN; return ``(generator, critic, history)``.
 
     Needs torch only. With ``config.critic == "clip"`` the critic's parameters
-    are all constrained to ``[-clip, clip]`` (a parametrization, so the forward
-    pass sees clipped values too); with ``"spectral"`` every critic weight is kept
-    in a :class:`~torch_constraints.SpectralBall` of ``config.radius``
-    (``parametrize=False``: the forward pass is the plain one, an SVD in it would
-    cost more than the step) and the biases are free. Either way the raw
-    parameters are projected after every RMSprop step. Deterministic on the CPU
+    are all constrained to ``[-clip, clip]``; with ``"spectral"`` every critic
+    weight is kept in a :class:`~torch_constraints.SpectralBall` of
+    ``config.radius`` and the biases are free. Both use ``parametrize=False``: the
+    critic's forward pass is the plain one, and its stored parameters are projected
+    after every RMSprop step, as the WGAN paper clips them (a parametrization would
+    train the same critic, at the cost of a clamp, or an SVD, in every forward pass). Deterministic on the CPU
     for a given ``config.seed``; both critics start from the same initial weights.
 
     Args:
@@ -285,8 +285,8 @@ def train(
     # active unit and stop giving the generator any gradient.
     critic = _mlp(2, config.hidden, 1, partial(nn.LeakyReLU, 0.05)).to(device)
     # The library part: constrain the critic, and project it after each step.
-    if config.critic == "clip":  # every parameter in [-clip, clip], in the forward pass too
-        constrain_all(critic, -config.clip, config.clip)
+    if config.critic == "clip":  # every parameter in [-clip, clip]
+        constrain_all(critic, -config.clip, config.clip, parametrize=False)
     else:  # every weight's spectral norm <= radius; the biases are free
         constrain_all(critic, SpectralBall(config.radius), include={"weight"}, parametrize=False)
     critic_optimizer = torch.optim.RMSprop(critic.parameters(), lr=config.lr)

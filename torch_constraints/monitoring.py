@@ -115,12 +115,16 @@ def violation(module: nn.Module) -> dict[str, float]:
         \text{violation} = \max_i \lvert \text{raw}_i - P(\text{raw})_i \rvert ,
 
     with :math:`P` the tensor's constraints applied in order (each one's exact
-    projection). It is 0 right after :func:`~torch_constraints.hard_project`
-    (up to the projection's rounding); it grows when the raw values drift
-    outside, as they do under ``straight_through=True`` or when a model is
-    trained without ``hard_project`` and constrained only in its forward pass.
-    Costs one projection of every constrained tensor (an SVD for the matrix
-    constraints).
+    projection). Right after :func:`~torch_constraints.hard_project` it is 0 for
+    the elementwise and norm sets, and the rounding of one more decomposition for
+    the matrix sets: :math:`P` is computed afresh, with a new SVD (or
+    eigendecomposition) of a weight whose top singular values sit on the radius
+    (3e-7 to 5e-7 in float32, 1e-15 to 3e-15 in float64 for radius-1 weights; see
+    :doc:`matrix-constraints`). It grows when the raw values drift outside, as they
+    do under ``straight_through=True`` or when a model is trained without
+    ``hard_project`` and constrained only in its forward pass. Costs one projection
+    of every constrained tensor (an SVD for the matrix constraints); a sharded
+    tensor (FSDP2) is gathered first.
 
     Args:
         module: the root of the module tree.
