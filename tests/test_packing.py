@@ -22,6 +22,7 @@ from torch_constraints import (
     LinfBall,
     MaxNorm,
     MinMaxNorm,
+    NonNeg,
     PackedProjection,
     UnitNorm,
     constrain,
@@ -332,3 +333,14 @@ def test_a_replaced_parameter_needs_repack_as_an_optimizer_would() -> None:
     packed.repack()
     packed()
     assert (model[0].weight == 1.0).all()
+
+
+def test_an_attribute_outside_the_config_is_seen_too() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    constrain_all(model, NonNeg(), include={"weight"})  # NonNeg's config is empty
+    packed = PackedProjection(model)
+    dict(named_constraints(model))["1.weight"].min = -0.5
+    scramble(model)
+    packed()
+    assert raw(model[0]).min().item() == 0.0
+    assert raw(model[1]).min().item() == -0.5

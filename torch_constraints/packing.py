@@ -20,9 +20,10 @@ What it costs, and why it is not the default:
   serializer takes them for tied tensors and drops all but one);
 * the object holds a plan, as an optimizer holds its parameter list. Each call
   checks, by value, what it can afford to: that every tensor still views its slot
-  (a ``.data`` rebinding, ``module.to()``, a storage freed in place), and that the
-  constraints of each run still project alike (a changed attribute such as
-  ``box.max = 0.05``, read from the constraints themselves); it repacks if not.
+  (a ``.data`` rebinding, ``module.to()``, a storage freed in place; it repacks if
+  not), and that the constraints of each run still have the attributes they had
+  (``box.max = 0.05``, read from the constraints themselves; a run whose members
+  differ now is projected member by member).
   Constraining or unconstraining a packed tensor through this library unpacks it
   (each packed tensor knows its pack), and the next call packs again. Anything else
   needs :meth:`PackedProjection.repack`, as an optimizer would need rebuilding:
@@ -249,10 +250,11 @@ class _Member:
 class _Run:
     """Consecutive members projected together through one view, by the first one's constraints.
 
-    Each call reads, from every member's constraints, the attributes their
-    configuration names (``get_config``), and compares them by value with what they
-    were when packed: equal, the run is projected at once; not (``box.max = 0.05`` on
-    one member), each member is projected by its own constraints.
+    Each call reads every member's constraints' public attributes (``min``, ``max``,
+    ``max_value``, ``dim``, ...: those in the instance's ``__dict__`` not starting
+    with ``_``, but ``training``) and compares them by value with what they were when
+    packed: equal, the run is projected at once; not (``box.max = 0.05`` on one
+    member), each member is projected by its own constraints.
     """
 
     def __init__(
@@ -262,7 +264,7 @@ class _Run:
         self.constraints = chains[0]
         self._config: list[tuple[Callable[[Any], Any], list[object], list[Constraint]]] = []
         for position, first in enumerate(self.constraints if len(chains) > 1 else ()):
-            names = list(first.get_config())
+            names = [n for n in vars(first) if not n.startswith("_") and n != "training"]
             getter = attrgetter(*names) if names else (lambda c: ())
             members = [chain[position] for chain in chains]
             self._config.append((getter, list(map(getter, members)), members))
