@@ -253,8 +253,9 @@ def train(
     ``config.radius`` and the biases are free. Both use ``parametrize=False``: the
     critic's forward pass is the plain one, and its stored parameters are projected
     after every RMSprop step, as the WGAN paper clips them (a parametrization would
-    train the same critic, at the cost of a clamp, or an SVD, in every forward pass). Deterministic on the CPU
-    for a given ``config.seed``; both critics start from the same initial weights.
+    train the same critic, at the cost of a clamp, or an SVD, in every forward
+    pass). Deterministic on the CPU for a given ``config.seed``; both critics start
+    from the same initial weights.
 
     Args:
         config: the hyperparameters.
