@@ -141,23 +141,22 @@ def plan(lo: float, hi: float, tau: float, dtype: torch.dtype, n: int) -> Plan:
 
 def fast_norms(rows: Tensor) -> Tensor:
     """The norms ``(R, 1)`` of the rows by chunks (module docstring); float64 unless ``n <= 64``."""
-    compute = torch.float64 if rows.dtype == torch.float64 else torch.float32
-    n = rows.shape[-1]
+    compute = rows.dtype if rows.dtype in (torch.float32, torch.float64) else torch.float32
+    r, n = rows.shape
+    norm = torch.linalg.vector_norm
     if n <= CHUNK:
-        return torch.linalg.vector_norm(rows, dim=-1, keepdim=True, dtype=compute)
+        same = compute == rows.dtype  # (a dtype argument costs a microsecond)
+        small: Tensor = norm(rows, dim=-1, keepdim=True, **({} if same else {"dtype": compute}))
+        return small
     whole = n - n % CHUNK
-    parts = torch.linalg.vector_norm(
-        rows[:, :whole].unflatten(-1, (-1, CHUNK)), dim=-1, dtype=compute
-    )
+    parts = norm(rows[:, :whole].view(r, -1, CHUNK), dim=-1, dtype=compute)
     if whole < n:
-        tail = torch.linalg.vector_norm(rows[:, whole:], dim=-1, keepdim=True, dtype=compute)
-        parts = torch.cat([parts, tail], dim=-1)
+        parts = torch.cat([parts, norm(rows[:, whole:], dim=-1, keepdim=True, dtype=compute)], -1)
     while parts.shape[-1] > CHUNK:
         parts = torch.nn.functional.pad(parts, (0, -parts.shape[-1] % CHUNK))
-        parts = torch.linalg.vector_norm(
-            parts.unflatten(-1, (-1, CHUNK)), dim=-1, dtype=torch.float64
-        )
-    return torch.linalg.vector_norm(parts, dim=-1, keepdim=True, dtype=torch.float64)
+        parts = norm(parts.view(r, -1, CHUNK), dim=-1, dtype=torch.float64)
+    result: Tensor = norm(parts, dim=-1, keepdim=True, dtype=torch.float64)
+    return result
 
 
 def accurate_sum(t: Tensor) -> Tensor:
@@ -245,11 +244,14 @@ def _exact(sub: Tensor, p: Plan, lo: float, rate: float) -> _Factors:
 
 def project_rows(
     rows: Tensor, lo: float, hi: float, rate: float, tau: float, *, inplace: bool
-) -> Tensor:
-    """Bring each row's norm into ``[lo, hi]``: in place, or as a new (differentiable) tensor."""
+) -> Tensor | None:
+    """Bring each row's norm into ``[lo, hi]``, as a new (differentiable) tensor or in place.
+
+    In place it returns ``rows``, or ``None`` when no row changed.
+    """
     r, n = rows.shape
     if r == 0 or (n == 0 and lo == 0):
-        return rows if inplace else rows.clone()
+        return None if inplace else rows.clone()
     if n == 0:
         raise ValueError(
             f"a slice of 0 elements has no point of L2 norm at least {lo}: the set is empty"
@@ -264,7 +266,7 @@ def project_rows(
     else:
         decided = _fast(rows, p, lo, rate, grad)
         if decided is None:  # every row certainly in the set
-            return rows if inplace else rows.clone()
+            return None if inplace else rows.clone()
         factors, clamp = decided
     if clamp:
         big = torch.finfo(rows.dtype).max
@@ -273,7 +275,7 @@ def project_rows(
     if inplace:
         return (rows if f1 is None else rows.mul_(f1)).mul_(f2)
     if grad:
-        return _Scale.apply(rows, *factors).to(rows.dtype)  # type: ignore[no-any-return]
+        return _Scale.apply(rows, *factors).to(rows.dtype)  # type: ignore[no-untyped-call,no-any-return]
     return (rows * f2 if f1 is None else rows * f1 * f2).to(rows.dtype)
 
 

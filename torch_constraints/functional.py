@@ -138,11 +138,11 @@ def _rows(x: Tensor, dim: Dim) -> tuple[Tensor, Callable[[Tensor], Tensor], bool
     with the same memory layout, whatever ``x``'s strides or batch: the same row
     gives the same result bit for bit, alone or stacked with others.
     """
+    if dim == 0 and x.ndim == 2 and x.is_contiguous():  # a Linear weight's rows: x itself
+        return x, _same, True
     reduced = _reduced_dims(x, dim)
     kept = [d for d in range(x.ndim) if d not in reduced]
     if kept == list(range(len(kept))) and x.is_contiguous():  # no permutation: a view
-        if x.ndim == 2 and len(kept) == 1:
-            return x, lambda r: r, True
         shape = x.shape
         rows = x.view(math.prod(shape[: len(kept)]), math.prod(shape[len(kept) :]))
         return rows, lambda r: r.view(shape), True
@@ -154,14 +154,19 @@ def _rows(x: Tensor, dim: Dim) -> tuple[Tensor, Callable[[Tensor], Tensor], bool
     return rows.contiguous(), lambda r: r.reshape(shape).permute(inverse), moved.is_contiguous()
 
 
-def _in_place(x: Tensor, dim: Dim, kernel: Callable[[Tensor], Tensor]) -> Tensor:
-    """Apply the in-place row ``kernel`` to ``x``'s slices; return ``x``.
+def _same(rows: Tensor) -> Tensor:
+    return rows
 
-    A DTensor (FSDP2, tensor parallelism) is projected shard by shard when no slice
-    spans shards (each placement replicates, or shards along a dimension indexing
-    the slices); otherwise the full tensor is gathered, projected and scattered back.
+
+def _in_place(x: Tensor, dim: Dim, kernel: Callable[[Tensor], Tensor | None]) -> bool:
+    """Apply the in-place row ``kernel`` (``None``: it changed nothing) to ``x``'s slices.
+
+    Returns whether ``x`` may have changed. A DTensor (FSDP2, tensor parallelism) is
+    projected shard by shard when no slice spans shards (each placement replicates,
+    or shards along a dimension indexing the slices); otherwise the full tensor is
+    gathered, projected and scattered back.
     """
-    if _distributed.any_dtensor([x]):
+    if type(x) not in (Tensor, torch.nn.Parameter) and _distributed.any_dtensor([x]):
         from torch.distributed.tensor import distribute_tensor
 
         reduced = set(_reduced_dims(x, dim))
@@ -169,12 +174,15 @@ def _in_place(x: Tensor, dim: Dim, kernel: Callable[[Tensor], Tensor]) -> Tensor
         if all(p.is_replicate() or (p.is_shard() and p.dim not in reduced) for p in placements):
             _in_place(x.to_local(), dim, kernel)  # type: ignore[attr-defined]
         else:
-            full = _in_place(x.full_tensor(), dim, kernel)  # type: ignore[attr-defined]
+            full = x.full_tensor()  # type: ignore[attr-defined]
+            _in_place(full, dim, kernel)
             x.copy_(distribute_tensor(full, x.device_mesh, placements))  # type: ignore[attr-defined]
-        return x
+        return True
     rows, restore, view = _rows(x, dim)
     result = kernel(rows)
-    return x if view else x.copy_(restore(result))
+    if result is not None and not view:
+        x.copy_(restore(result))
+    return result is not None
 
 
 # ---------------------------------------------------------------------------- accuracy
@@ -207,20 +215,23 @@ def tolerance(dtype: torch.dtype) -> float:
         >>> tolerance(torch.float32) == 2 * torch.finfo(torch.float32).eps
         True
     """
-    return _SLACK_IN_EPS.get(dtype, 4) * torch.finfo(dtype).eps
+    return _TAU.get(dtype) or _SLACK_IN_EPS.get(dtype, 4) * torch.finfo(dtype).eps
+
+
+_TAU = {dtype: slack * torch.finfo(dtype).eps for dtype, slack in _SLACK_IN_EPS.items()}
 
 
 # ---------------------------------------------------------------------------- L2 norms
 def _project_norm(
     x: Tensor, dim: Dim, lo: float, hi: float, rate: float = 1.0, *, inplace: bool = False
-) -> Tensor:
+) -> Tensor | None:
+    """The norm kernels; in place: ``x``, or ``None`` when nothing changed."""
     tau = tolerance(x.dtype)
     if inplace:
-        return _in_place(
-            x, dim, lambda rows: _l2.project_rows(rows, lo, hi, rate, tau, inplace=True)
-        )
+        changed = _in_place(x, dim, lambda r: _l2.project_rows(r, lo, hi, rate, tau, inplace=True))
+        return x if changed else None
     rows, restore, _ = _rows(x, dim)
-    return restore(_l2.project_rows(rows, lo, hi, rate, tau, inplace=False))
+    return restore(_l2.project_rows(rows, lo, hi, rate, tau, inplace=False))  # type: ignore[arg-type]
 
 
 def project_l2_ball(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor:
@@ -255,12 +266,13 @@ def project_l2_ball(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor:
         tensor([[1.2000, 1.6000],
                 [0.3000, 0.4000]])
     """
-    return _project_norm(x, dim, 0.0, radius)
+    return _project_norm(x, dim, 0.0, radius)  # type: ignore[return-value]
 
 
 def project_l2_ball_(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor:
     """In-place :func:`project_l2_ball`: the same values, bit for bit, written into ``x``."""
-    return _project_norm(x, dim, 0.0, radius, inplace=True)
+    _project_norm(x, dim, 0.0, radius, inplace=True)
+    return x
 
 
 def project_l2_sphere(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor:
@@ -286,12 +298,13 @@ def project_l2_sphere(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor
         tensor([[0.6000, 0.8000],
                 [0.0000, 0.0000]])
     """
-    return _project_norm(x, dim, radius, radius)
+    return _project_norm(x, dim, radius, radius)  # type: ignore[return-value]
 
 
 def project_l2_sphere_(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor:
     """In-place :func:`project_l2_sphere`."""
-    return _project_norm(x, dim, radius, radius, inplace=True)
+    _project_norm(x, dim, radius, radius, inplace=True)
+    return x
 
 
 def project_min_max_norm(
@@ -323,14 +336,15 @@ def project_min_max_norm(
         tensor([[1.7400, 2.3200],
                 [0.4260, 0.5680]])
     """
-    return _project_norm(x, dim, min_value, max_value, rate)
+    return _project_norm(x, dim, min_value, max_value, rate)  # type: ignore[return-value]
 
 
 def project_min_max_norm_(
     x: Tensor, min_value: float = 0.0, max_value: float = 1.0, rate: float = 1.0, dim: Dim = 0
 ) -> Tensor:
     """In-place :func:`project_min_max_norm`."""
-    return _project_norm(x, dim, min_value, max_value, rate, inplace=True)
+    _project_norm(x, dim, min_value, max_value, rate, inplace=True)
+    return x
 
 
 # ---------------------------------------------------------------------------- simplex, L1
@@ -378,13 +392,22 @@ def _simplex_of_shifted(shifted: Tensor, total: float, dtype: torch.dtype) -> Te
     return torch.where(kept == 0, 0.0, kept - correction).clamp_min(0)
 
 
-def _l1_rows(rows: Tensor, radius: float) -> Tensor:
+def _l1_rows(rows: Tensor, radius: float, inplace: bool = False) -> Tensor | None:
+    """The L1 projection of each row; in place: ``rows``, or ``None`` when all were inside."""
     magnitude = rows.to(torch.float64).abs()
     inside = _sum(magnitude.detach(), rows.dtype) <= radius * (1 + tolerance(rows.dtype))
     if rows.numel() == 0 or (not torch.compiler.is_compiling() and bool(inside.all())):
-        return rows.clone()
+        return None if inplace else rows.clone()
     shrunk = _simplex_of_shifted(_shifted(magnitude), radius, rows.dtype)
-    return torch.where(inside, rows, (rows.sign() * shrunk).to(rows.dtype))
+    result = torch.where(inside, rows, (rows.sign() * shrunk).to(rows.dtype))
+    return rows.copy_(result) if inplace else result
+
+
+def _project_l1_ball(x: Tensor, dim: Dim, radius: float, *, inplace: bool) -> Tensor | None:
+    if inplace:
+        return x if _in_place(x, dim, lambda rows: _l1_rows(rows, radius, True)) else None
+    rows, restore, _ = _rows(x, dim)
+    return restore(_l1_rows(rows, radius))  # type: ignore[arg-type]
 
 
 def project_l1_ball(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor:
@@ -406,30 +429,41 @@ def project_l1_ball(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor:
         >>> project_l1_ball(torch.tensor([3.0, -1.0, 0.5]), radius=3.0)
         tensor([ 2.5000, -0.5000,  0.0000])
     """
-    rows, restore, _ = _rows(x, dim)
-    return restore(_l1_rows(rows, radius))
+    return _project_l1_ball(x, dim, radius, inplace=False)  # type: ignore[return-value]
 
 
 def project_l1_ball_(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor:
     """In-place :func:`project_l1_ball`."""
-    return _in_place(x, dim, lambda rows: rows.copy_(_l1_rows(rows, radius)))
+    _project_l1_ball(x, dim, radius, inplace=True)
+    return x
 
 
-def _simplex_rows(rows: Tensor, scale: float) -> Tensor:
+def _simplex_rows(rows: Tensor, scale: float, inplace: bool = False) -> Tensor | None:
+    """The simplex projection of each row; in place: ``rows``, or ``None`` when all were on it."""
     if rows.shape[0] == 0:
-        return rows.clone()
+        return None if inplace else rows.clone()
     if rows.shape[-1] == 0:
         raise ValueError(f"a slice of 0 elements has no point summing to {scale}: the set is empty")
     values = rows.to(torch.float64)
-    projected = _simplex_of_shifted(_shifted(values), scale, rows.dtype).to(rows.dtype)
     on_simplex = (values >= 0).all(dim=-1, keepdim=True) & (
         (_sum(values.detach(), rows.dtype) - scale).abs() <= tolerance(rows.dtype) * scale
     )
+    if inplace and not torch.compiler.is_compiling() and bool(on_simplex.all()):
+        return None
+    projected = _simplex_of_shifted(_shifted(values), scale, rows.dtype).to(rows.dtype)
     kept = rows
     if torch.is_grad_enabled() and rows.requires_grad:
         # the value of rows, the gradient of the formula
         kept = rows.detach() + (projected - projected.detach())
-    return torch.where(on_simplex, kept, projected)
+    result = torch.where(on_simplex, kept, projected)
+    return rows.copy_(result) if inplace else result
+
+
+def _project_simplex(x: Tensor, dim: Dim, scale: float, *, inplace: bool) -> Tensor | None:
+    if inplace:
+        return x if _in_place(x, dim, lambda rows: _simplex_rows(rows, scale, True)) else None
+    rows, restore, _ = _rows(x, dim)
+    return restore(_simplex_rows(rows, scale))  # type: ignore[arg-type]
 
 
 def project_simplex(x: Tensor, scale: float = 1.0, dim: Dim = None) -> Tensor:
@@ -456,10 +490,10 @@ def project_simplex(x: Tensor, scale: float = 1.0, dim: Dim = None) -> Tensor:
         >>> project_simplex(torch.tensor([0.0, 0.0, float("-inf")]))
         tensor([0.5000, 0.5000, 0.0000])
     """
-    rows, restore, _ = _rows(x, dim)
-    return restore(_simplex_rows(rows, scale))
+    return _project_simplex(x, dim, scale, inplace=False)  # type: ignore[return-value]
 
 
 def project_simplex_(x: Tensor, scale: float = 1.0, dim: Dim = None) -> Tensor:
     """In-place :func:`project_simplex`."""
-    return _in_place(x, dim, lambda rows: rows.copy_(_simplex_rows(rows, scale)))
+    _project_simplex(x, dim, scale, inplace=True)
+    return x
