@@ -70,7 +70,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ._rounding import inward_scalar
+from ._rounding import _constant_for_compile, inward_scalar
 
 __all__ = ["project_rows"]
 
@@ -90,15 +90,32 @@ class Plan(NamedTuple):
     exact_target: float  # where the exact path lands slices moved down
 
 
+def branches(t: Tensor) -> bool:
+    """Whether a kernel may branch on ``t``'s values: on the CPU, where reading one is free.
+
+    On other devices a read is a host-device synchronisation, and under ``torch.compile``
+    a graph break: there the kernels take the branch-free exact path.
+    """
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 def _gamma(k: int, u: float) -> float:
     return k * u / (1 - k * u)
 
 
-@functools.lru_cache(maxsize=1024)
+@_constant_for_compile
 def plan(lo: float, hi: float, tau: float, dtype: torch.dtype, n: int) -> Plan:
-    """Return the thresholds for slices of ``n`` elements of ``dtype`` (Python floats)."""
+    """Return the thresholds for slices of ``n`` elements of ``dtype`` (Python floats).
+
+    A pure function of its arguments: ``torch.compile`` evaluates it while tracing.
+    """
+    return _plan(lo, hi, tau, dtype, n)
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan(lo: float, hi: float, tau: float, dtype: torch.dtype, n: int) -> Plan:
     wide = dtype == torch.float64
-    u, eta = (_U64, 2.0**-1075) if wide else (2.0**-24, 2.0**-150)
+    u, eta = (_U64, 2.0**-1074) if wide else (2.0**-24, 2.0**-149)  # eta: above half a subnormal
     levels, k = 0, -(-n // CHUNK)  # float64 vector_norm calls of fast_norms
     while k > 1 or (levels == 0 and n > CHUNK):
         levels, k = levels + 1, -(-k // CHUNK)
@@ -108,17 +125,20 @@ def plan(lo: float, hi: float, tau: float, dtype: torch.dtype, n: int) -> Plan:
     a = 2 * n * eta
     upper, lower = hi * (1 + tau), lo * (1 - tau)
 
-    def edge(square: float, up: bool) -> float:  # sqrt(square), rounded away from the set
-        if square < 0:
+    def edge(bound: float, factor: float, up: bool) -> float:
+        """``bound * sqrt(factor +- a / bound**2)``, rounded away from the set."""
+        square = (factor + a / bound / bound if up else factor - a / bound / bound) if bound else a
+        if square < 0 or not (up or bound):
             return -1.0
-        value = min(math.sqrt(square) * (1 + 8 * _U64 if up else 1 - 8 * _U64), big)
+        value = min(bound * math.sqrt(square) * (1 + 8 * _U64 if up else 1 - 8 * _U64), big)
         return inward_scalar(value, norm_dtype, lower=up)
 
-    k1 = edge(upper * upper * (1 - beta_s) - a, up=False)
-    k0 = min(edge(lower * lower * (1 + beta_s) + a, up=True) if lo > 0 else -1.0, k1)
-    k2 = edge(upper * upper * (1 + beta_s) + a, up=True)
-    rho = torch.finfo(dtype).eps / 2 + 3 * u + 4 * _U64  # computing, applying a factor
-    alpha = a / (hi * hi / 4) if hi > 0 else math.inf
+    k1 = edge(upper, 1 - beta_s, up=False)  # below: certainly in (m <= upper)
+    k0 = min(edge(lower, 1 + beta_s, up=True) if lo > 0 else -1.0, k1)  # above: m >= lower
+    k2 = edge(upper, 1 + beta_s, up=True)  # above: certainly m > upper
+    info = torch.finfo(dtype)  # rho: computing, applying a factor; results that are subnormal
+    rho = info.eps / 2 + 3 * u + 4 * _U64 + math.sqrt(n) * info.smallest_normal * info.eps / hi
+    alpha = 4 * a / hi / hi if hi > 0 else math.inf  # (hi * hi may underflow)
     beta = math.sqrt((1 + alpha) / (1 - beta_s)) - 1  # of a norm of at least hi / 2
     if lo == hi:  # land on the sphere, where the next fast norm certifies it
         target = hi
@@ -127,8 +147,9 @@ def plan(lo: float, hi: float, tau: float, dtype: torch.dtype, n: int) -> Plan:
         target = hi / ((1 + beta) * (1 + rho)) * (1 - 4 * _U64)
         lands = target * (1 - beta) ** 2 * (1 - rho) > k0
     moves = alpha <= u and lands and k2 < big
-    rho_exact = torch.finfo(dtype).eps / 2 + (4 * _U64 if wide else 2 * u + (n + 4) * _U64)
-    exact_target = hi if lo == hi else max(lo, hi / (1 + rho_exact) ** 2)
+    # the exact path's norm errs by n 2**-53 (float64 widening) or 2 2**-53 (float64)
+    rho_exact = rho - 3 * u + (8 * _U64 if wide else 2 * u + (n + 8) * _U64)
+    exact_target = hi if lo == hi else max(lo, hi / (1 + rho_exact))
     return Plan(
         fast=k1 > k0 or moves,
         sphere=lo == hi,
@@ -236,7 +257,7 @@ def _exact(sub: Tensor, p: Plan, lo: float, rate: float) -> _Factors:
     f1 = torch.where(inside | zero, 1.0, scale)
     w = torch.where(pinned, torch.where(inside, 1.0, rate * ratio * f1), 0.0)
     unit = torch.where(pinned, scale / ns, 1.0) if wide else torch.where(pinned, 1 / ns, 1.0)
-    f1_needed = torch.compiler.is_compiling() or bool((f1 != 1).any())
+    f1_needed = not branches(sub) or bool((f1 != 1).any())
     compute = torch.float64 if wide else torch.float32
     f1_or_none = f1.to(compute) if f1_needed else None
     return _Factors(f2.to(compute), f1_or_none, w.to(compute), unit.to(compute))
@@ -258,8 +279,7 @@ def project_rows(
         )
     p = plan(lo, hi, tau, rows.dtype, n)
     grad = not inplace and torch.is_grad_enabled() and rows.requires_grad
-    traced = torch.compiler.is_compiling()
-    if traced:
+    if not branches(rows):
         factors, clamp = _exact(rows, p, lo, rate), True
     elif not p.fast:
         factors, clamp = _exact(rows, p, lo, rate), bool(rows.isinf().any())

@@ -396,7 +396,7 @@ def _l1_rows(rows: Tensor, radius: float, inplace: bool = False) -> Tensor | Non
     """The L1 projection of each row; in place: ``rows``, or ``None`` when all were inside."""
     magnitude = rows.to(torch.float64).abs()
     inside = _sum(magnitude.detach(), rows.dtype) <= radius * (1 + tolerance(rows.dtype))
-    if rows.numel() == 0 or (not torch.compiler.is_compiling() and bool(inside.all())):
+    if rows.numel() == 0 or (_l2.branches(rows) and bool(inside.all())):
         return None if inplace else rows.clone()
     shrunk = _simplex_of_shifted(_shifted(magnitude), radius, rows.dtype)
     result = torch.where(inside, rows, (rows.sign() * shrunk).to(rows.dtype))
@@ -448,7 +448,7 @@ def _simplex_rows(rows: Tensor, scale: float, inplace: bool = False) -> Tensor |
     on_simplex = (values >= 0).all(dim=-1, keepdim=True) & (
         (_sum(values.detach(), rows.dtype) - scale).abs() <= tolerance(rows.dtype) * scale
     )
-    if inplace and not torch.compiler.is_compiling() and bool(on_simplex.all()):
+    if inplace and _l2.branches(rows) and bool(on_simplex.all()):
         return None
     projected = _simplex_of_shifted(_shifted(values), scale, rows.dtype).to(rows.dtype)
     kept = rows
