@@ -96,7 +96,7 @@ def branches(t: Tensor) -> bool:
     On other devices a read is a host-device synchronisation, and under ``torch.compile``
     a graph break: there the kernels take the branch-free exact path.
     """
-    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+    return t.is_cpu and not torch.compiler.is_compiling()
 
 
 def _gamma(k: int, u: float) -> float:
@@ -295,8 +295,31 @@ def project_rows(
     if inplace:
         return (rows if f1 is None else rows.mul_(f1)).mul_(f2)
     if grad:
-        return _Scale.apply(rows, *factors).to(rows.dtype)  # type: ignore[no-untyped-call,no-any-return]
-    return (rows * f2 if f1 is None else rows * f1 * f2).to(rows.dtype)
+        y: Tensor = _Scale.apply(rows, *factors)  # type: ignore[no-untyped-call]
+    else:
+        y = rows * f2 if f1 is None else rows * f1 * f2
+    return y if y.dtype == rows.dtype else y.to(rows.dtype)
+
+
+def certainly_in(m: Tensor, p: Plan) -> bool:
+    """Whether the fast norms ``m`` certify every row in the set: one reduction, one read."""
+    low, high = p.bounds[0], p.bounds[1]
+    if low < 0:
+        return bool(m.max().item() <= high)  # NaN: False
+    least, most = torch.aminmax(m)
+    return bool(least.item() > low and most.item() <= high)
+
+
+def all_certainly_in(rows: list[Tensor], lo: float, hi: float, tau: float) -> bool:
+    """Whether every row of every tensor of ``rows`` (same shape, on the CPU) is certainly in.
+
+    One fast norm per tensor, read in place, and one decision for them all: what
+    ``hard_project`` needs for many small tensors already in their sets.
+    """
+    p = plan(lo, hi, tau, rows[0].dtype, rows[0].shape[-1])
+    if not (p.fast and rows[0].numel() and branches(rows[0])):
+        return False
+    return certainly_in(torch.cat([fast_norms(r) for r in rows]), p)
 
 
 def _fast(
@@ -306,26 +329,29 @@ def _fast(
 
     ``None`` when every row is certainly in the set: one reduction decides it.
     """
-    m = fast_norms(rows.detach())
-    low, high = p.bounds[0], p.bounds[1]
-    if low < 0:
-        if m.max().item() <= high:  # NaN: False
-            return None
-    else:
-        least, most = torch.aminmax(m)
-        if least.item() > low and most.item() <= high:
-            return None
+    m = fast_norms(rows.detach() if grad else rows)
     compute = torch.float64 if rows.dtype == torch.float64 else torch.float32
-    label = torch.bucketize(m, torch.tensor(p.bounds, dtype=m.dtype, device=m.device))
-    moved = label == 3  # 1: inside; 0, 2, 4: undecided
-    if rate == 1.0:
-        f2 = torch.where(moved, p.target / m, 1.0).to(compute)
+    least, most = (t.item() for t in torch.aminmax(m))
+    if least > p.bounds[0] and most <= p.bounds[1]:  # every row certainly in (NaN: no)
+        return None
+    ratio = torch.full_like(m, p.target).div_(m)  # target / m, one rounding
+    if least > p.bounds[2] and most <= p.bounds[3]:  # every row certainly above
+        moved = None
+        f2 = ratio if rate == 1.0 else ratio * rate + (1 - rate)
+        w = ratio * rate if grad else f2
+        unit = m.reciprocal() if grad else f2
     else:
-        f2 = torch.where(moved, rate * p.target / m + (1 - rate), 1.0).to(compute)
-    w = unit = f2
-    if grad:
-        w = torch.where(moved, rate * p.target / m, 0.0).to(compute)
-        unit = torch.where(moved, 1 / m, 1.0).to(compute)
+        label = torch.bucketize(m, torch.tensor(p.bounds, dtype=m.dtype, device=m.device))
+        moved = label == 3  # 1: inside; 0, 2, 4: undecided
+        f2 = torch.where(moved, ratio if rate == 1.0 else ratio * rate + (1 - rate), 1.0)
+        w = unit = f2
+        if grad:
+            w = torch.where(moved, ratio * rate, 0.0)
+            unit = torch.where(moved, m.reciprocal(), 1.0)
+    if m.dtype != compute:
+        f2, w, unit = f2.to(compute), w.to(compute), unit.to(compute)
+    if moved is None:
+        return _Factors(f2, None, w, unit), False
     if bool((label & 1).all()):
         return _Factors(f2, None, w, unit), False
     undecided = ((label & 1) == 0).view(-1).nonzero().view(-1)

@@ -75,6 +75,11 @@ class SliceConstraint(Constraint):
         """
         raise NotImplementedError
 
+    def _certainly_in(self, xs: Sequence[Tensor]) -> bool:
+        """Whether every slice of ``xs`` (same shape) is certainly in the set: cheap, may say no."""
+        del xs
+        return False
+
     def _slices_may_be_empty(self) -> bool:
         """Whether the set of a slice of 0 elements holds a point (the empty vector)."""
         return True
@@ -112,6 +117,8 @@ class SliceConstraint(Constraint):
             if len(same) == 1:
                 self.project_(same[0])
                 continue
+            if self._certainly_in(same):  # nothing to write: no stack, no copy
+                continue
             per_stack = max(1, self._stack_bytes // (same[0].numel() * same[0].element_size()))
             for start in range(0, len(same), per_stack):
                 chunk = same[start : start + per_stack]
@@ -146,14 +153,17 @@ class SliceConstraint(Constraint):
         return tuple(range(batch)) + tuple(batch + d % event for d in self._dims())
 
     def fusion_key(self) -> Hashable | None:
-        if self._event_ndim is None:
+        event = self._event_ndim
+        if event is None:
             return None
         if type(self).get_config is Constraint.get_config:  # read the attributes directly
-            config = tuple((k, getattr(self, k)) for k in self._key_names)
+            config = tuple([getattr(self, k) for k in self._key_names])
         else:
             config = tuple(sorted((k, v) for k, v in self.get_config().items() if k != "dim"))
-        dims = tuple(sorted(d % max(self._event_ndim, 1) for d in self._dims()))
-        return (type(self).__name__, config, self._event_ndim, self.dim is None, dims)
+        dim = self.dim
+        if dim is None or isinstance(dim, int):
+            return (type(self).__name__, config, event, dim if dim is None else dim % max(event, 1))
+        return (type(self).__name__, config, event, tuple(sorted(d % max(event, 1) for d in dim)))
 
     def _dims(self) -> tuple[int, ...]:
         if self.dim is None:

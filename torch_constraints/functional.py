@@ -9,7 +9,7 @@ thin holders of these kernels' arguments.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -232,6 +232,14 @@ def _project_norm(
         return x if changed else None
     rows, restore, _ = _rows(x, dim)
     return restore(_l2.project_rows(rows, lo, hi, rate, tau, inplace=False))  # type: ignore[arg-type]
+
+
+def _norms_certainly_in(xs: Sequence[Tensor], dim: Dim, lo: float, hi: float) -> bool:
+    """Whether every slice of the same-shaped plain tensors ``xs`` certainly passes its test."""
+    rows = [_rows(x.detach(), dim) for x in xs]
+    if not all(view for _, _, view in rows):
+        return False
+    return _l2.all_certainly_in([r for r, _, _ in rows], lo, hi, tolerance(xs[0].dtype))
 
 
 def project_l2_ball(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor:

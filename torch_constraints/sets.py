@@ -7,12 +7,20 @@ weight).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import Tensor
 
 from . import _validation
 from ._slices import SliceConstraint
 from .box import Box
-from .functional import Dim, _project_l1_ball, _project_norm, _project_simplex
+from .functional import (
+    Dim,
+    _norms_certainly_in,
+    _project_l1_ball,
+    _project_norm,
+    _project_simplex,
+)
 
 __all__ = ["L1Ball", "L2Ball", "L2Sphere", "LinfBall", "Simplex"]
 
@@ -103,6 +111,9 @@ class L2Ball(SliceConstraint):
     def _kernel(self, x: Tensor, dim: Dim, *, inplace: bool) -> Tensor | None:
         return _project_norm(x, dim, 0.0, self.radius, inplace=inplace)
 
+    def _certainly_in(self, xs: Sequence[Tensor]) -> bool:
+        return _norms_certainly_in(xs, self.dim, 0.0, self.radius)
+
 
 class L2Sphere(SliceConstraint):
     r"""L2 norm exactly ``radius``; zero slices stay zero.
@@ -128,6 +139,9 @@ class L2Sphere(SliceConstraint):
 
     def _kernel(self, x: Tensor, dim: Dim, *, inplace: bool) -> Tensor | None:
         return _project_norm(x, dim, self.radius, self.radius, inplace=inplace)
+
+    def _certainly_in(self, xs: Sequence[Tensor]) -> bool:
+        return _norms_certainly_in(xs, self.dim, self.radius, self.radius)
 
     def _slices_may_be_empty(self) -> bool:
         return False
