@@ -23,30 +23,38 @@ with exact sum of squares :math:`S` satisfies
     1 + \beta_S = (1 + \gamma_{c+2}(u)) \, (1 + \gamma_{c+2}(2^{-53}))^L,
 
 where :math:`A = 2 n \eta` bounds the error of squares that underflow
-(:math:`\eta = 2^{-150}`, :math:`2^{-1075}` in float64), and a sum that overflows is
-``inf``. In float32, :math:`\beta_S \le 66 \cdot 2^{-24} + 66 L \cdot 2^{-53}`: the norm
-is within :math:`\beta \approx 2.0 \cdot 10^{-6}` relative; in float64 within
-:math:`(33 + 33L) \cdot 2^{-53}`, :math:`L \le 3` up to :math:`n = 2^{24}`.
+(:math:`\eta = 2^{-149}`, :math:`2^{-1074}` in float64), and a sum that overflows is
+``inf``. So the norm is within :math:`\beta \approx \beta_S / 2` relative: for float32
+(and float16, bfloat16) :math:`\beta \le 33 \cdot 2^{-24} \approx 2.0 \cdot 10^{-6}` at
+any length (:math:`(n + 2) / 2 \cdot 2^{-24}` below 64 elements); for float64
+:math:`4.9 \cdot 10^{-15}` up to 64 elements, :math:`1.1 \cdot 10^{-14}` at
+:math:`10^5`. The thresholds are computed once per radius, dtype and length
+(:func:`plan`) and rounded away from the set.
 
-**Three classes.** From the bound, each slice is *certainly in the set*
-(:math:`\hat m` in a range where :math:`m` passes the membership test whatever the
-rounding: kept, factor exactly 1), *certainly above it* (scaled down by
-:math:`T / \hat m`), or *undecided*: within the bound of a threshold, a sum that
-under- or overflowed, ``±inf`` or NaN. Undecided slices take the exact path.
-A sphere in float32 and float64, where the bound is wider than :math:`\tau`, takes
-the exact path for every slice; so do slices moved up to ``lo``.
+**Three classes.** From the bound, each slice is *certainly in the set* (kept:
+factor exactly 1, and in place nothing is written), *certainly above it* (scaled
+by :math:`T / \hat m`), or *undecided*: within :math:`\beta` of a threshold, a sum
+that under- or overflowed, ``±inf`` or NaN. Only undecided slices take the exact
+path, and when no slice is undecided the choice costs one reduction of the norms.
+Where the bound is wider than the slack (a float32 or float64 sphere) or the radius
+so small that underflow dominates it, every slice takes the exact path; so do
+slices moved *up* to ``lo``.
 
-**Landing.** Slices moved down land at :math:`T = \text{hi}(1 - \mu)`, the largest
-target such that, whatever the roundings (:math:`\beta` of the norm used, and
-:math:`\rho = u_d + 4u + 2^{-51}` of applying the factor in the dtype :math:`d`), the
-result has true norm :math:`\le \text{hi}` *and* the fast norm certifies it as
-inside on the next call: :math:`\mu \approx 3\beta + \rho - \tau`
-(:math:`\approx 6 \cdot 10^{-6}` in float32). The exact path lands moved slices at the
-same :math:`T`, so a projected tensor is certified inside by the fast path and
-projecting it again changes nothing, bit for bit. The error against the exact
-projection is at most :math:`\mu + \beta + \rho` (:math:`8 \cdot 10^{-6}` float32,
-:math:`3 \cdot 10^{-14}` float64 at :math:`n = 10^5`; one unit in the last place plus
-that for float16 and bfloat16).
+**Landing.** A slice moved down lands at :math:`T = \text{hi} / ((1 + \beta)(1 + \rho))`,
+with :math:`\rho = u_d + 3u + 2^{-51} + \sqrt n \, \eta_d / \text{hi}` the rounding of
+computing and applying the factor in the dtype :math:`d` (:math:`\eta_d` its smallest
+subnormal): whatever the roundings, the result's true norm is at most ``hi``, and it
+lies inside by at most the bound (:math:`1 - T/\text{hi} = 2.2 \cdot 10^{-6}` in
+float32, :math:`8.7 \cdot 10^{-15}` in float64 at 768 elements, :math:`u_d` plus that
+in float16 and bfloat16). The exact path lands slices at the same :math:`T`. A
+landed slice's next fast norm is below the "certainly in" threshold unless its
+roundings add up to more than :math:`\tau + \rho`: in practice it is certified on the
+next call (see ``tests/test_numerics.py``), and if not, the exact path keeps it.
+So the result is within :math:`2\beta + 2\rho` of the exact projection, always below
+it in norm: :math:`4.4 \cdot 10^{-6}` in float32, :math:`2.4 \cdot 10^{-14}` in float64 at
+:math:`10^5` elements, one unit in the last place plus :math:`5 \cdot 10^{-6}` in float16
+and bfloat16. (Where results are subnormal, rounding errs by a subnormal spacing,
+not relatively.)
 
 **The exact path.** Float16, bfloat16 and float32 slices are widened to float64, where
 every square is exact and nothing over- or underflows, and ``vector_norm`` errs by
@@ -54,11 +62,12 @@ at most :math:`\gamma_n(2^{-53})`. Float64 slices are scaled by a power of two t
 brings their largest magnitude into :math:`[1/2, 1)` (as BLAS ``nrm2`` does), and
 their squares summed by an error-free split (Rump, Ogita and Oishi, 2008): within
 two roundings for :math:`n \le 2^{20}`. ``±inf`` counts as the dtype's largest finite
-value. Moving a slice up to ``lo``, or onto a sphere, lands it within :math:`\tau`.
+value. A slice moved up to ``lo``, or onto a sphere, lands within :math:`\tau`.
 
-On a CPU the choice of the exact path costs nothing; on a GPU it reads one boolean
-(a host-device synchronisation) per call. Under ``torch.compile`` and
-``torch.export`` every slice takes the exact path, with no data-dependent branch.
+**Branches.** On the CPU, where reading a value costs nothing, the kernel branches
+on the norms (:func:`branches`). On other devices a read would be a host-device
+synchronisation, and under ``torch.compile`` or ``torch.export`` a graph break: there
+every slice takes the exact path, with no data-dependent branch and no sync.
 """
 
 from __future__ import annotations

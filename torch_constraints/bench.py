@@ -662,10 +662,6 @@ def _format_matrix(result: MatrixResult) -> Iterator[str]:
         yield f"  {check}"
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 # ----------------------------------------------------------------------------- part 4: norm sets
 #: Targets of issue 18: (row, reference row, largest allowed time ratio), per part.
 NORM_TARGETS = {
@@ -922,3 +918,7 @@ def norm_main(device: str, sets: list[str], rounds: int) -> list[NormResult]:
     show(bench_sorted_sets(device, max(3, rounds // 5)))
     show(bench_norm_training(device, max(rounds, 20)))
     return results
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -235,7 +235,11 @@ def _project_norm(
 
 
 def _norms_certainly_in(xs: Sequence[Tensor], dim: Dim, lo: float, hi: float) -> bool:
-    """Whether every slice of the same-shaped plain tensors ``xs`` certainly passes its test."""
+    """Whether every slice of the same-shaped plain tensors ``xs`` certainly passes its test.
+
+    From each tensor's fast norms, read where the tensor lies (no stack), and one
+    decision for them all; ``False`` when it cannot tell.
+    """
     rows = [_rows(x.detach(), dim) for x in xs]
     if not all(view for _, _, view in rows):
         return False
@@ -366,49 +370,60 @@ def _sum(wide: Tensor, dtype: torch.dtype) -> Tensor:
     return _l2.accurate_sum(wide) if dtype == torch.float64 else wide.sum(dim=-1, keepdim=True)
 
 
-def _shifted(wide: Tensor) -> Tensor:
-    """Rows minus their maximum (a projection onto a simplex ignores a common shift).
+def _simplex_of(values: Tensor, total: float, dtype: torch.dtype) -> Tensor:
+    r"""``max(values - theta, 0)`` summing to ``total``, each row, in float64.
 
-    The largest entry becomes 0, so the threshold and the results are computed on
-    numbers no larger than the simplex's scale, whatever the input's magnitude. If
-    the maximum is infinite, the entries equal to it become 0 and the others
-    ``-inf`` (the limit of the projection); a NaN makes the row NaN.
+    :math:`\theta` comes from sorting (Held et al., 1974; Duchi et al., 2008), in the
+    values' own dtype. Each row's maximum is subtracted first (the projection ignores
+    a common shift), so the threshold and the results are computed on numbers no
+    larger than ``total``, whatever the input's magnitude: the cumulative sum over
+    the support errs by at most ``k 2**-53 total``, below the rounding of the smaller
+    dtypes; for float64 one correction, from an accurate sum of the result, removes
+    it. If the maximum is infinite, the entries equal to it share ``total`` and the
+    others get 0 (the limit of the projection); a NaN makes the row NaN.
     """
-    top = wide.detach().amax(dim=-1, keepdim=True)
-    limit = torch.where(wide.detach() == top, 0.0, -math.inf)
-    return torch.where(top.isinf(), limit, wide - top)
-
-
-def _simplex_of_shifted(shifted: Tensor, total: float, dtype: torch.dtype) -> Tensor:
-    r"""``max(shifted - theta, 0)`` summing to ``total`` (float64 rows with maximum 0).
-
-    :math:`\theta` comes from sorting (Held et al., 1974; Duchi et al., 2008); one
-    correction, from an accurate sum of the result, removes the rounding error of
-    the cumulative sum.
-    """
-    ordered = shifted.sort(dim=-1, descending=True).values
+    ordered = values.sort(dim=-1, descending=True).values
+    top = ordered[..., :1].detach().to(torch.float64)
+    infinite = top.isinf()
+    if not _l2.branches(values) or bool(infinite.any()):
+        limit = torch.where(values == top, 0.0, -math.inf)
+        shifted = torch.where(infinite, limit, values - top)
+        ordered = torch.where(infinite, torch.where(ordered == top, 0.0, -math.inf), ordered - top)
+    else:  # (float64 results, in one pass from any dtype)
+        shifted, ordered = values - top, ordered - top
     excess = ordered.cumsum(dim=-1) - total
-    count = torch.arange(1, shifted.shape[-1] + 1, device=shifted.device, dtype=shifted.dtype)
-    # An entry in the support lies within `total` of the maximum 0, so its cumulative
-    # sum is finite: an infinite one (-inf entries, overflow far below) is outside.
-    support = ((ordered - excess / count) > 0) & excess.isfinite()
+    count = torch.arange(1, values.shape[-1] + 1, device=values.device, dtype=torch.float64)
+    support = ordered * count > excess  # -inf entries: -inf > -inf, no
+    if dtype == torch.float64:  # a cumulative sum that overflowed to -inf: outside
+        support &= excess.isfinite()
     size = support.sum(dim=-1, keepdim=True).clamp_min(1)
-    theta = excess.gather(-1, size - 1) / size.to(shifted.dtype)
+    theta = excess.gather(-1, size - 1) / size
     kept = (shifted - theta).clamp_min(0)
-    active = (kept > 0).sum(dim=-1, keepdim=True).clamp_min(1)
-    correction = (_sum(kept, dtype) - total) / active.to(shifted.dtype)
-    return torch.where(kept == 0, 0.0, kept - correction).clamp_min(0)
+    if dtype != torch.float64:
+        return kept
+    zero = kept == 0
+    active = (values.shape[-1] - zero.sum(dim=-1, keepdim=True)).clamp_min(1)
+    correction = (_sum(kept, dtype) - total) / active
+    return torch.where(zero, 0.0, kept - correction).clamp_min(0)
 
 
 def _l1_rows(rows: Tensor, radius: float, inplace: bool = False) -> Tensor | None:
     """The L1 projection of each row; in place: ``rows``, or ``None`` when all were inside."""
-    magnitude = rows.to(torch.float64).abs()
-    inside = _sum(magnitude.detach(), rows.dtype) <= radius * (1 + tolerance(rows.dtype))
+    magnitude = rows.abs()
+    wide = magnitude.detach().to(torch.float64)
+    inside = _sum(wide, rows.dtype) <= radius * (1 + tolerance(rows.dtype))
     if rows.numel() == 0 or (_l2.branches(rows) and bool(inside.all())):
         return None if inplace else rows.clone()
-    shrunk = _simplex_of_shifted(_shifted(magnitude), radius, rows.dtype)
-    result = torch.where(inside, rows, (rows.sign() * shrunk).to(rows.dtype))
+    shrunk = torch.copysign(_simplex_of(magnitude, radius, rows.dtype), rows).to(rows.dtype)
+    result = _keep(inside, rows, shrunk)
     return rows.copy_(result) if inplace else result
+
+
+def _keep(kept: Tensor, rows: Tensor, projected: Tensor) -> Tensor:
+    """``rows`` where ``kept`` (one flag per row), ``projected`` elsewhere."""
+    if _l2.branches(rows) and not bool(kept.any()):  # (the usual case: a pass saved)
+        return projected
+    return torch.where(kept, rows, projected)
 
 
 def _project_l1_ball(x: Tensor, dim: Dim, radius: float, *, inplace: bool) -> Tensor | None:
@@ -452,18 +467,18 @@ def _simplex_rows(rows: Tensor, scale: float, inplace: bool = False) -> Tensor |
         return None if inplace else rows.clone()
     if rows.shape[-1] == 0:
         raise ValueError(f"a slice of 0 elements has no point summing to {scale}: the set is empty")
-    values = rows.to(torch.float64)
-    on_simplex = (values >= 0).all(dim=-1, keepdim=True) & (
-        (_sum(values.detach(), rows.dtype) - scale).abs() <= tolerance(rows.dtype) * scale
+    values = rows.detach()
+    on_simplex = (values.amin(dim=-1, keepdim=True) >= 0) & (  # NaN: no
+        (_sum(values.to(torch.float64), rows.dtype) - scale).abs() <= tolerance(rows.dtype) * scale
     )
     if inplace and _l2.branches(rows) and bool(on_simplex.all()):
         return None
-    projected = _simplex_of_shifted(_shifted(values), scale, rows.dtype).to(rows.dtype)
+    projected = _simplex_of(rows, scale, rows.dtype).to(rows.dtype)
     kept = rows
     if torch.is_grad_enabled() and rows.requires_grad:
         # the value of rows, the gradient of the formula
         kept = rows.detach() + (projected - projected.detach())
-    result = torch.where(on_simplex, kept, projected)
+    result = _keep(on_simplex, kept, projected)
     return rows.copy_(result) if inplace else result
 
 
