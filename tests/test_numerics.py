@@ -546,7 +546,7 @@ def same_rows(a: list[torch.Tensor], b: torch.Tensor) -> bool:
 def test_each_path_of_a_ball_is_taken_for_its_slices_and_right(
     dtype: torch.dtype, exact_rows: list[torch.Tensor]
 ) -> None:
-    n = 70  # two chunks: the float64 combination runs too
+    n = 130  # two chunks of the fast norm: its float64 combination runs too
     unit = [1 / math.sqrt(n)] * n
     big = torch.finfo(dtype).max
     certain = rows_like([[0.5 * v for v in unit], [3.0 * v for v in unit], [0.0] * n], dtype)
@@ -570,8 +570,8 @@ def test_each_path_of_a_ball_is_taken_for_its_slices_and_right(
 def test_a_sphere_takes_the_exact_path_where_the_fast_bound_is_wider_than_the_slack(
     dtype: torch.dtype, exact_rows: list[torch.Tensor]
 ) -> None:
-    unit = [1 / math.sqrt(70)] * 70  # rows of 70: the fast bound is about 34 units
-    x = rows_like([[5 * v for v in unit], [v / 2 for v in unit], [0.0] * 70, unit], dtype)
+    unit = [1 / math.sqrt(130)] * 130  # rows of 130: the fast bound is about 65 units
+    x = rows_like([[5 * v for v in unit], [v / 2 for v in unit], [0.0] * 130, unit], dtype)
     y = project_min_max_norm(x, 1.0, 1.0, dim=0)
     assert_contract(x, y, 1.0, 1.0)
     if dtype in (F32, F64):  # wider than the slack of 2 and 4 eps: every slice is exact
