@@ -233,10 +233,13 @@ class _Scale(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         rows, f2, f1, w, unit = ctx.saved_tensors
-        direction = rows * unit
-        dot = (direction * grad).sum(dim=-1, keepdim=True)
+        rows = rows.to(grad.dtype)
         scaled = grad * f2 if f1 is None else grad * f1 * f2
-        return scaled - direction * (w * dot), None, None, None, None
+        if branches(w) and not bool(w.any()):  # no row pinned to a bound: f I
+            return scaled, None, None, None, None
+        dot = torch.linalg.vecdot(rows, grad, dim=-1).unsqueeze(-1)  # one pass
+        pinned = torch.addcmul(scaled, rows, w * unit * (unit * dot), value=-1)
+        return pinned, None, None, None, None
 
 
 def _exact(sub: Tensor, p: Plan, lo: float, rate: float) -> _Factors:
