@@ -331,6 +331,15 @@ def test_float64_radii_of_every_magnitude_are_used_as_they_are(radius: float) ->
     assert torch.equal(L2Ball(radius).project(x / 10), x / 10)  # norm r / 2: inside
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, F32, F64])
+def test_a_ball_of_radius_zero_holds_only_zero(dtype: torch.dtype) -> None:
+    x = torch.tensor([[3.0, -4.0], [0.0, 0.0], [1e-3, 0.0]], dtype=dtype)
+    for c in (MaxNorm(0.0), L2Ball(0.0, dim=0), MinMaxNorm(0.0, 0.0)):
+        y = c.project(x)
+        assert torch.equal(y, torch.zeros_like(x)), c
+        assert torch.equal(c.project_(x.clone()), y)
+
+
 # ---------------------------------------------------------------- float64 gradients at 0
 @pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
 @pytest.mark.parametrize(

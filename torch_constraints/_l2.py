@@ -147,7 +147,8 @@ def _plan(lo: float, hi: float, tau: float, dtype: torch.dtype, n: int) -> Plan:
     k0 = min(edge(lower, 1 + beta_s, up=True) if lo > 0 else -1.0, k1)  # above: m >= lower
     k2 = edge(upper, 1 + beta_s, up=True)  # above: certainly m > upper
     info = torch.finfo(dtype)  # rho: computing, applying a factor; results that are subnormal
-    rho = info.eps / 2 + 3 * u + 4 * _U64 + math.sqrt(n) * info.smallest_normal * info.eps / hi
+    subnormal = math.sqrt(n) * info.smallest_normal * info.eps / hi if hi > 0 else math.inf
+    rho = info.eps / 2 + 3 * u + 4 * _U64 + subnormal
     alpha = 4 * a / hi / hi if hi > 0 else math.inf  # (hi * hi may underflow)
     beta = math.sqrt((1 + alpha) / (1 - beta_s)) - 1  # of a norm of at least hi / 2
     if lo == hi:  # land on the sphere, where the next fast norm certifies it
