@@ -207,43 +207,43 @@ def accurate_sum(t: Tensor) -> Tensor:
 
 
 class _Factors(NamedTuple):
-    """Per-row ``(R, 1)`` tensors: the result is ``rows * f1 * f2`` (``f1`` None: 1)."""
+    """Per-row ``(R, 1)`` tensors: the result is ``rows * f1 * f2`` (``f1`` None: 1).
+
+    ``unit`` is ``1 / ||row||`` on rows differentiated as the formula (pinned to a
+    bound), 0 elsewhere, or ``None`` when no gradient is wanted.
+    """
 
     f2: Tensor
     f1: Tensor | None
-    w: Tensor
-    unit: Tensor
+    unit: Tensor | None
 
 
 class _Scale(torch.autograd.Function):
-    """``rows * f1 * f2``, differentiated as ``rows * bound / ||rows||`` where ``w != 0``.
+    r"""``rows * f``, differentiated as ``rows * bound / ||rows||`` on pinned rows.
 
-    The Jacobian of a row is :math:`f I - w \\hat x \\hat x^\\top`, with
-    :math:`\\hat x = x \\cdot \\text{unit}` its direction: the identity on a slice
-    kept inside a ball or shell (``f = 1``, ``w = 0``), that of the formula on a slice
-    scaled to a bound (``w = rate * f``) or kept on a sphere (``f = w = 1``).
+    The Jacobian of a row is :math:`f (I - \hat x \hat x^\top)` there, with
+    :math:`\hat x = x \cdot \text{unit}` its direction (a slice scaled to a bound, or
+    kept on a sphere), and :math:`f I` elsewhere (``unit = 0``: the identity on a
+    slice kept in a ball or shell).
     """
 
     @staticmethod
-    def forward(
-        ctx: Any, rows: Tensor, f2: Tensor, f1: Tensor | None, w: Tensor, unit: Tensor
-    ) -> Tensor:
-        ctx.save_for_backward(rows, f2, f1, w, unit)
+    def forward(ctx: Any, rows: Tensor, f2: Tensor, f1: Tensor | None, unit: Tensor) -> Tensor:
+        ctx.save_for_backward(rows, f2, f1, unit)
         return rows * f2 if f1 is None else rows * f1 * f2
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        rows, f2, f1, w, unit = ctx.saved_tensors
-        rows = rows.to(grad.dtype)
-        scaled = grad * f2 if f1 is None else grad * f1 * f2
-        if branches(w) and not bool(w.any()):  # no row pinned to a bound: f I
-            return scaled, None, None, None, None
-        dot = torch.linalg.vecdot(rows, grad, dim=-1).unsqueeze(-1)  # one pass
-        pinned = torch.addcmul(scaled, rows, w * unit * (unit * dot), value=-1)
-        return pinned, None, None, None, None
+        rows, f2, f1, unit = ctx.saved_tensors
+        f = f2 if f1 is None else f1 * f2
+        if branches(unit) and not bool(unit.any()):  # no row pinned to a bound
+            return grad * f, None, None, None
+        dot = torch.linalg.vecdot(rows.to(grad.dtype), grad, dim=-1).unsqueeze(-1)  # one pass
+        coefficient = f * unit * (unit * dot)
+        return torch.addcmul(grad * f, rows.to(grad.dtype), coefficient, value=-1), None, None, None
 
 
-def _exact(sub: Tensor, p: Plan, lo: float, rate: float) -> _Factors:
+def _exact(sub: Tensor, p: Plan, lo: float) -> _Factors:
     """The factors of ``sub``'s rows, from their norms computed to about two roundings."""
     wide = sub.dtype == torch.float64
     big = torch.finfo(sub.dtype).max
@@ -258,28 +258,22 @@ def _exact(sub: Tensor, p: Plan, lo: float, rate: float) -> _Factors:
     lower, upper = p.keep
     inside = (ns >= lower * scale) & (ns <= upper * scale)  # NaN: neither
     zero = ns == 0
+    pinned = ~zero if p.sphere else ~zero & ~inside  # a sphere's kept rows too
+    unit = torch.where(pinned, scale / ns, 0.0)
     bound = torch.where(ns > upper * scale, ns.new_full((), p.exact_target), lo)  # float64
     ratio = bound / torch.where(zero, 1.0, ns)  # the factor is ratio * scale
-    if rate != 1.0:
-        ratio, scale = rate * ratio * scale + (1 - rate), torch.ones_like(scale)
     if not wide:  # a power of two and a normal float32: right for factors up to 2**247
         exponent = torch.frexp(ratio).exponent
         scale = torch.ldexp(scale, exponent - exponent.clamp(-120, 120))
         ratio = ratio / scale
-    pinned = ~zero if p.sphere else ~zero & ~inside  # a sphere's kept rows too
     f2 = torch.where(inside, 1.0, torch.where(zero, 0.0, ratio))
     f1 = torch.where(inside | zero, 1.0, scale)
-    w = torch.where(pinned, torch.where(inside, 1.0, rate * ratio * f1), 0.0)
-    unit = torch.where(pinned, scale / ns, 1.0) if wide else torch.where(pinned, 1 / ns, 1.0)
-    f1_needed = not branches(sub) or bool((f1 != 1).any())
     compute = torch.float64 if wide else torch.float32
-    f1_or_none = f1.to(compute) if f1_needed else None
-    return _Factors(f2.to(compute), f1_or_none, w.to(compute), unit.to(compute))
+    f1_needed = not branches(sub) or bool((f1 != 1).any())
+    return _Factors(f2.to(compute), f1.to(compute) if f1_needed else None, unit.to(compute))
 
 
-def project_rows(
-    rows: Tensor, lo: float, hi: float, rate: float, tau: float, *, inplace: bool
-) -> Tensor | None:
+def project_rows(rows: Tensor, lo: float, hi: float, tau: float, *, inplace: bool) -> Tensor | None:
     """Bring each row's norm into ``[lo, hi]``, as a new (differentiable) tensor or in place.
 
     In place it returns ``rows``, or ``None`` when no row changed.
@@ -294,51 +288,28 @@ def project_rows(
     p = plan(lo, hi, tau, rows.dtype, n)
     grad = not inplace and torch.is_grad_enabled() and rows.requires_grad
     if not branches(rows):
-        factors, clamp = _exact(rows, p, lo, rate), True
+        factors, clamp = _exact(rows, p, lo), True
     elif not p.fast:
-        factors, clamp = _exact(rows, p, lo, rate), bool(rows.isinf().any())
+        factors, clamp = _exact(rows, p, lo), bool(rows.isinf().any())
     else:
-        decided = _fast(rows, p, lo, rate, grad)
+        decided = _fast(rows, p, lo, grad)
         if decided is None:  # every row certainly in the set
             return None if inplace else rows.clone()
         factors, clamp = decided
     if clamp:
         big = torch.finfo(rows.dtype).max
         rows = rows.clamp_(-big, big) if inplace else rows.clamp(-big, big)
-    f2, f1 = factors.f2, factors.f1
+    f2, f1, unit = factors
     if inplace:
         return (rows if f1 is None else rows.mul_(f1)).mul_(f2)
-    if grad:
-        y: Tensor = _Scale.apply(rows, *factors)  # type: ignore[no-untyped-call]
+    if grad and unit is not None:
+        y: Tensor = _Scale.apply(rows, f2, f1, unit)  # type: ignore[no-untyped-call]
     else:
         y = rows * f2 if f1 is None else rows * f1 * f2
     return y if y.dtype == rows.dtype else y.to(rows.dtype)
 
 
-def certainly_in(m: Tensor, p: Plan) -> bool:
-    """Whether the fast norms ``m`` certify every row in the set: one reduction, one read."""
-    low, high = p.bounds[0], p.bounds[1]
-    if low < 0:
-        return bool(m.max().item() <= high)  # NaN: False
-    least, most = torch.aminmax(m)
-    return bool(least.item() > low and most.item() <= high)
-
-
-def all_certainly_in(rows: list[Tensor], lo: float, hi: float, tau: float) -> bool:
-    """Whether every row of every tensor of ``rows`` (same shape, on the CPU) is certainly in.
-
-    One fast norm per tensor, read in place, and one decision for them all: what
-    ``hard_project`` needs for many small tensors already in their sets.
-    """
-    p = plan(lo, hi, tau, rows[0].dtype, rows[0].shape[-1])
-    if not (p.fast and rows[0].numel() and branches(rows[0])):
-        return False
-    return certainly_in(torch.cat([fast_norms(r) for r in rows]), p)
-
-
-def _fast(
-    rows: Tensor, p: Plan, lo: float, rate: float, grad: bool
-) -> tuple[_Factors, bool] | None:
+def _fast(rows: Tensor, p: Plan, lo: float, grad: bool) -> tuple[_Factors, bool] | None:
     """The factors from the fast norms, undecided rows' from :func:`_exact`, and any ±inf.
 
     ``None`` when every row is certainly in the set: one reduction decides it.
@@ -348,36 +319,30 @@ def _fast(
     least, most = (t.item() for t in torch.aminmax(m))
     if least > p.bounds[0] and most <= p.bounds[1]:  # every row certainly in (NaN: no)
         return None
-    ratio = torch.full_like(m, p.target).div_(m)  # target / m, one rounding
-    if least > p.bounds[2] and most <= p.bounds[3]:  # every row certainly above
-        moved = None
-        f2 = ratio if rate == 1.0 else ratio * rate + (1 - rate)
-        w = ratio * rate if grad else f2
-        unit = m.reciprocal() if grad else f2
-    else:
+    f2 = torch.full_like(m, p.target).div_(m)  # target / m, one rounding
+    unit = m.reciprocal() if grad else None
+    label = None
+    if not (least > p.bounds[2] and most <= p.bounds[3]):  # not every row certainly above
         label = torch.bucketize(m, torch.tensor(p.bounds, dtype=m.dtype, device=m.device))
         moved = label == 3  # 1: inside; 0, 2, 4: undecided
-        f2 = torch.where(moved, ratio if rate == 1.0 else ratio * rate + (1 - rate), 1.0)
-        w = unit = f2
-        if grad:
-            w = torch.where(moved, ratio * rate, 0.0)
-            unit = torch.where(moved, m.reciprocal(), 1.0)
-    if m.dtype != compute:
-        f2, w, unit = f2.to(compute), w.to(compute), unit.to(compute)
-    if moved is None:
-        return _Factors(f2, None, w, unit), False
-    if bool((label & 1).all()):
-        return _Factors(f2, None, w, unit), False
+        f2 = torch.where(moved, f2, 1.0)
+        unit = None if unit is None else torch.where(moved, unit, 0.0)
+    f2, unit = f2.to(compute), None if unit is None else unit.to(compute)
+    if label is None or bool((label & 1).all()):
+        return _Factors(f2, None, unit), False
     undecided = ((label & 1) == 0).view(-1).nonzero().view(-1)
     if undecided.numel() == rows.shape[0]:
-        return _exact(rows, p, lo, rate), bool(rows.isinf().any())
+        return _exact(rows, p, lo), bool(rows.isinf().any())
     sub = rows.index_select(0, undecided)
-    exact = _exact(sub, p, lo, rate)
-    f1 = None
-    if exact.f1 is not None:
-        f1 = torch.ones_like(f2).index_copy_(0, undecided, exact.f1)
-    merged = [
-        ours.clone().index_copy_(0, undecided, theirs)
-        for ours, theirs in zip((f2, w, unit), (exact.f2, exact.w, exact.unit), strict=True)
-    ]
-    return _Factors(merged[0], f1, merged[1], merged[2]), bool(sub.isinf().any())
+    exact = _exact(sub, p, lo)
+
+    def merged(ours: Tensor | None, theirs: Tensor | None, default: float) -> Tensor | None:
+        if theirs is None:
+            return ours
+        return (torch.full_like(f2, default) if ours is None else ours.clone()).index_copy_(
+            0, undecided, theirs
+        )
+
+    f1 = merged(None, exact.f1, 1.0)
+    unit = merged(unit, exact.unit if grad else None, 0.0)
+    return _Factors(merged(f2, exact.f2, 1.0), f1, unit), bool(sub.isinf().any())  # type: ignore[arg-type]

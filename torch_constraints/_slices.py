@@ -13,10 +13,10 @@ leading dimensions of its input as a batch of such tensors, so that
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import math
-from collections.abc import Callable, Hashable, Sequence
-from typing import Any, ClassVar, TypeVar
+from collections.abc import Hashable, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -25,26 +25,7 @@ from . import _kernels, _validation
 from .base import Constraint, _init_parameters
 from .functional import Dim, _reduced_dims
 
-__all__ = ["SliceConstraint", "without_grad"]
-
-M = TypeVar("M", bound=Callable[..., Any])
-
-
-def without_grad(method: M) -> M:
-    """Run an in-place projection under ``torch.no_grad()``, at no cost when grad is off.
-
-    (``hard_project`` turns grad off once; the decorator's context object costs more
-    than the projection of a small tensor.)
-    """
-
-    @functools.wraps(method)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        if not torch.is_grad_enabled():
-            return method(*args, **kwargs)
-        with torch.no_grad():
-            return method(*args, **kwargs)
-
-    return run  # type: ignore[return-value]
+__all__ = ["SliceConstraint"]
 
 
 class SliceConstraint(Constraint):
@@ -55,14 +36,16 @@ class SliceConstraint(Constraint):
     """
 
     _bypass_project = ("project_", "project_many_")
-    #: The constructor's arguments but ``dim``: what :meth:`fusion_key` compares.
+    #: The constructor's arguments: what :meth:`fusion_key` compares.
     _key_names: ClassVar[tuple[str, ...]] = ()
-    #: Stacks for one batched call hold at most this many bytes; larger tensors alone.
-    _stack_bytes, _small_bytes = 64 * 2**20, 2**20
+    #: Small tensors (at most ``_small_bytes``) are stacked for one batched call per shape,
+    #: in stacks of at most ``_stack_bytes``: cache-sized, so that the norms read the copy
+    #: from cache (and the allocator reuses it); larger tensors are projected alone.
+    _stack_bytes, _small_bytes = 2 * 2**20, 2**20
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls._key_names = tuple(n for n in _init_parameters(cls) if n != "dim")
+        cls._key_names = tuple(_init_parameters(cls))
 
     def __init__(self, dim: Dim) -> None:
         super().__init__()
@@ -75,11 +58,6 @@ class SliceConstraint(Constraint):
         """
         raise NotImplementedError
 
-    def _certainly_in(self, xs: Sequence[Tensor]) -> bool:
-        """Whether every slice of ``xs`` (same shape) is certainly in the set: cheap, may say no."""
-        del xs
-        return False
-
     def _slices_may_be_empty(self) -> bool:
         """Whether the set of a slice of 0 elements holds a point (the empty vector)."""
         return True
@@ -90,19 +68,21 @@ class SliceConstraint(Constraint):
         assert result is not None
         return result
 
-    @without_grad
     def project_(self, x: Tensor) -> Tensor:
         """Write :math:`P_C(x)` into ``x``, slice by slice, and return ``x``."""
-        self._kernel(x, self.slices(x), inplace=True)
+        with torch.no_grad() if torch.is_grad_enabled() else contextlib.nullcontext():
+            self._kernel(x, self.slices(x), inplace=True)
         return x
 
-    @without_grad
     def project_many_(self, xs: Sequence[Tensor], *, foreach: bool | None = None) -> None:
         """Project in place, stacking small same-shaped tensors for one batched call per shape.
 
         A stack is copied back only when the projection changed it.
         """
-        del foreach
+        with torch.no_grad() if torch.is_grad_enabled() else contextlib.nullcontext():
+            self._project_many_(xs)
+
+    def _project_many_(self, xs: Sequence[Tensor]) -> None:
         by_shape: dict[tuple[int, ...], list[Tensor]] = {}
         for x in xs:
             if (
@@ -114,10 +94,9 @@ class SliceConstraint(Constraint):
             else:
                 by_shape.setdefault(tuple(x.shape), []).append(x)
         for same in by_shape.values():
-            if len(same) == 1:
-                self.project_(same[0])
-                continue
-            if self._certainly_in(same):  # nothing to write: no stack, no copy
+            if len(same) < 8:  # a stack of a few costs more than its calls
+                for x in same:
+                    self.project_(x)
                 continue
             per_stack = max(1, self._stack_bytes // (same[0].numel() * same[0].element_size()))
             for start in range(0, len(same), per_stack):
@@ -153,17 +132,13 @@ class SliceConstraint(Constraint):
         return tuple(range(batch)) + tuple(batch + d % event for d in self._dims())
 
     def fusion_key(self) -> Hashable | None:
-        event = self._event_ndim
-        if event is None:
+        if self._event_ndim is None:
             return None
-        if type(self).get_config is Constraint.get_config:  # read the attributes directly
+        if type(self).get_config is Constraint.get_config:  # the attributes, without inspect
             config = tuple([getattr(self, k) for k in self._key_names])
         else:
-            config = tuple(sorted((k, v) for k, v in self.get_config().items() if k != "dim"))
-        dim = self.dim
-        if dim is None or isinstance(dim, int):
-            return (type(self).__name__, config, event, dim if dim is None else dim % max(event, 1))
-        return (type(self).__name__, config, event, tuple(sorted(d % max(event, 1) for d in dim)))
+            config = tuple(sorted(self.get_config().items()))
+        return (type(self).__name__, config, self._event_ndim)
 
     def _dims(self) -> tuple[int, ...]:
         if self.dim is None:

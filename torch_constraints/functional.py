@@ -9,7 +9,7 @@ thin holders of these kernels' arguments.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -142,10 +142,6 @@ def _rows(x: Tensor, dim: Dim) -> tuple[Tensor, Callable[[Tensor], Tensor], bool
         return x, _same, True
     reduced = _reduced_dims(x, dim)
     kept = [d for d in range(x.ndim) if d not in reduced]
-    if kept == list(range(len(kept))) and x.is_contiguous():  # no permutation: a view
-        shape = x.shape
-        rows = x.view(math.prod(shape[: len(kept)]), math.prod(shape[len(kept) :]))
-        return rows, lambda r: r.view(shape), True
     order = kept + reduced
     moved = x.permute(order)
     shape = moved.shape
@@ -222,28 +218,29 @@ _TAU = {dtype: slack * torch.finfo(dtype).eps for dtype, slack in _SLACK_IN_EPS.
 
 
 # ---------------------------------------------------------------------------- L2 norms
+def _apply(
+    x: Tensor, dim: Dim, kernel: Callable[[Tensor, bool], Tensor | None], inplace: bool
+) -> Tensor | None:
+    """A row kernel on ``x``'s slices: a new tensor, or in place ``x`` (``None``: unchanged)."""
+    if inplace:
+        return x if _in_place(x, dim, lambda rows: kernel(rows, True)) else None
+    rows, restore, _ = _rows(x, dim)
+    return restore(kernel(rows, False))  # type: ignore[arg-type]
+
+
 def _project_norm(
     x: Tensor, dim: Dim, lo: float, hi: float, rate: float = 1.0, *, inplace: bool = False
 ) -> Tensor | None:
-    """The norm kernels; in place: ``x``, or ``None`` when nothing changed."""
+    """The norm kernels; ``rate < 1``: Keras' step ``x + rate (P(x) - x)``, exact where kept."""
     tau = tolerance(x.dtype)
-    if inplace:
-        changed = _in_place(x, dim, lambda r: _l2.project_rows(r, lo, hi, rate, tau, inplace=True))
-        return x if changed else None
-    rows, restore, _ = _rows(x, dim)
-    return restore(_l2.project_rows(rows, lo, hi, rate, tau, inplace=False))  # type: ignore[arg-type]
 
+    def kernel(rows: Tensor, inplace: bool) -> Tensor | None:
+        if rate == 1.0:
+            return _l2.project_rows(rows, lo, hi, tau, inplace=inplace)
+        projected = _l2.project_rows(rows, lo, hi, tau, inplace=False)
+        return rows.lerp_(projected, rate) if inplace else rows.lerp(projected, rate)  # type: ignore[arg-type]
 
-def _norms_certainly_in(xs: Sequence[Tensor], dim: Dim, lo: float, hi: float) -> bool:
-    """Whether every slice of the same-shaped plain tensors ``xs`` certainly passes its test.
-
-    From each tensor's fast norms, read where the tensor lies (no stack), and one
-    decision for them all; ``False`` when it cannot tell.
-    """
-    rows = [_rows(x.detach(), dim) for x in xs]
-    if not all(view for _, _, view in rows):
-        return False
-    return _l2.all_certainly_in([r for r, _, _ in rows], lo, hi, tolerance(xs[0].dtype))
+    return _apply(x, dim, kernel, inplace)
 
 
 def project_l2_ball(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor:
@@ -427,10 +424,7 @@ def _keep(kept: Tensor, rows: Tensor, projected: Tensor) -> Tensor:
 
 
 def _project_l1_ball(x: Tensor, dim: Dim, radius: float, *, inplace: bool) -> Tensor | None:
-    if inplace:
-        return x if _in_place(x, dim, lambda rows: _l1_rows(rows, radius, True)) else None
-    rows, restore, _ = _rows(x, dim)
-    return restore(_l1_rows(rows, radius))  # type: ignore[arg-type]
+    return _apply(x, dim, lambda rows, inplace: _l1_rows(rows, radius, inplace), inplace)
 
 
 def project_l1_ball(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor:
@@ -483,10 +477,7 @@ def _simplex_rows(rows: Tensor, scale: float, inplace: bool = False) -> Tensor |
 
 
 def _project_simplex(x: Tensor, dim: Dim, scale: float, *, inplace: bool) -> Tensor | None:
-    if inplace:
-        return x if _in_place(x, dim, lambda rows: _simplex_rows(rows, scale, True)) else None
-    rows, restore, _ = _rows(x, dim)
-    return restore(_simplex_rows(rows, scale))  # type: ignore[arg-type]
+    return _apply(x, dim, lambda rows, inplace: _simplex_rows(rows, scale, inplace), inplace)
 
 
 def project_simplex(x: Tensor, scale: float = 1.0, dim: Dim = None) -> Tensor:

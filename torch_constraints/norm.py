@@ -13,13 +13,11 @@ most the bound. Outside the set both agree to within 1e-5 relative in float32
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from torch import Tensor
 
 from . import _validation
 from ._slices import SliceConstraint
-from .functional import Dim, _norms_certainly_in, _project_norm
+from .functional import Dim, _project_norm
 
 __all__ = ["MaxNorm", "MinMaxNorm", "UnitNorm"]
 
@@ -55,9 +53,6 @@ class MaxNorm(SliceConstraint):
 
     def _kernel(self, x: Tensor, dim: Dim, *, inplace: bool) -> Tensor | None:
         return _project_norm(x, dim, 0.0, self.max_value, inplace=inplace)
-
-    def _certainly_in(self, xs: Sequence[Tensor]) -> bool:
-        return _norms_certainly_in(xs, self.dim, 0.0, self.max_value)
 
 
 class MinMaxNorm(SliceConstraint):
@@ -120,9 +115,6 @@ class MinMaxNorm(SliceConstraint):
         rate = self.rate if inplace else 1.0  # the forward map: the projection
         return _project_norm(x, dim, self.min_value, self.max_value, rate, inplace=inplace)
 
-    def _certainly_in(self, xs: Sequence[Tensor]) -> bool:
-        return _norms_certainly_in(xs, self.dim, self.min_value, self.max_value)
-
     def _slices_may_be_empty(self) -> bool:
         return self.min_value == 0
 
@@ -151,9 +143,6 @@ class UnitNorm(SliceConstraint):
 
     def _kernel(self, x: Tensor, dim: Dim, *, inplace: bool) -> Tensor | None:
         return _project_norm(x, dim, 1.0, 1.0, inplace=inplace)
-
-    def _certainly_in(self, xs: Sequence[Tensor]) -> bool:
-        return _norms_certainly_in(xs, self.dim, 1.0, 1.0)
 
     def _slices_may_be_empty(self) -> bool:
         return False

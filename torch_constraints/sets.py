@@ -7,8 +7,6 @@ weight).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from torch import Tensor
 
 from . import _validation
@@ -16,7 +14,6 @@ from ._slices import SliceConstraint
 from .box import Box
 from .functional import (
     Dim,
-    _norms_certainly_in,
     _project_l1_ball,
     _project_norm,
     _project_simplex,
@@ -111,9 +108,6 @@ class L2Ball(SliceConstraint):
     def _kernel(self, x: Tensor, dim: Dim, *, inplace: bool) -> Tensor | None:
         return _project_norm(x, dim, 0.0, self.radius, inplace=inplace)
 
-    def _certainly_in(self, xs: Sequence[Tensor]) -> bool:
-        return _norms_certainly_in(xs, self.dim, 0.0, self.radius)
-
 
 class L2Sphere(SliceConstraint):
     r"""L2 norm exactly ``radius``; zero slices stay zero.
@@ -139,9 +133,6 @@ class L2Sphere(SliceConstraint):
 
     def _kernel(self, x: Tensor, dim: Dim, *, inplace: bool) -> Tensor | None:
         return _project_norm(x, dim, self.radius, self.radius, inplace=inplace)
-
-    def _certainly_in(self, xs: Sequence[Tensor]) -> bool:
-        return _norms_certainly_in(xs, self.dim, self.radius, self.radius)
 
     def _slices_may_be_empty(self) -> bool:
         return False
