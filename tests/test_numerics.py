@@ -607,3 +607,30 @@ def test_under_torch_compile_every_slice_takes_the_branch_free_exact_path() -> N
     y = compiled(x)
     assert_contract(x, y, 0.0, 1.0)
     assert torch.equal(y[1], x[1])
+
+
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["float32", "float64"])
+def test_off_the_cpu_no_kernel_reads_a_value(dtype: torch.dtype) -> None:
+    # What a GPU sees (the branch-free exact path): no host-device synchronisation.
+    x = torch.tensor([[3.0, 4.0], [0.3, 0.4], [INF, 1.0], [0.0, 0.0]], dtype=dtype)
+    rows = torch.tensor([[0.2, -0.7, 3.0], [0.5, 0.1, 0.3]], dtype=dtype)
+    sets = (L1Ball(1.0, dim=0), Simplex(1.0, dim=0))
+    results, grads = [], []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_l2, "branches", lambda t: False)
+        mp.setattr(torch.Tensor, "item", lambda self: pytest.fail("item() syncs"))
+        mp.setattr(torch.Tensor, "__bool__", lambda self: pytest.fail("bool() syncs"))
+        for lo in (0.0, 1.0):
+            results.append(project_min_max_norm(x, lo, 1.0, dim=0))
+            results.append(project_min_max_norm_(x.clone(), lo, 1.0, dim=0))
+            w = x[:2].clone().requires_grad_()
+            project_min_max_norm(w, lo, 1.0, dim=0).sum().backward()
+            grads.append(w.grad)
+        results += [c.project(rows) for c in sets]
+    for k, lo in enumerate((0.0, 1.0)):
+        assert_contract(x, results[2 * k], lo, 1.0)
+        assert torch.equal(results[2 * k + 1], results[2 * k])
+        torch.testing.assert_close(results[2 * k], project_min_max_norm(x, lo, 1.0, dim=0))
+        assert grads[k] is not None and grads[k].isfinite().all()
+    for c, y in zip(sets, results[4:], strict=True):
+        torch.testing.assert_close(y, c.project(rows), rtol=1e-6, atol=1e-12)
