@@ -327,7 +327,8 @@ def _fast(rows: Tensor, p: Plan, lo: float, grad: bool) -> tuple[_Factors, bool]
         moved = label == 3  # 1: inside; 0, 2, 4: undecided
         f2 = torch.where(moved, f2, 1.0)
         unit = None if unit is None else torch.where(moved, unit, 0.0)
-    f2, unit = f2.to(compute), None if unit is None else unit.to(compute)
+    if m.dtype != compute:  # float64 norms of float32 rows
+        f2, unit = f2.to(compute), None if unit is None else unit.to(compute)
     if label is None or bool((label & 1).all()):
         return _Factors(f2, None, unit), False
     undecided = ((label & 1) == 0).view(-1).nonzero().view(-1)

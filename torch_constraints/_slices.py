@@ -94,7 +94,7 @@ class SliceConstraint(Constraint):
             else:
                 by_shape.setdefault(tuple(x.shape), []).append(x)
         for same in by_shape.values():
-            if len(same) < 8:  # a stack of a few costs more than its calls
+            if len(same) < 3:  # a stack of two costs more than their calls
                 for x in same:
                     self.project_(x)
                 continue
