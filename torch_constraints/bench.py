@@ -20,6 +20,10 @@ Two parts, each run in one process with every candidate measured side by side
    :func:`~torch_constraints.project_after_step` (the constraint after each step
    only), the parametrized forward constraint with and without
    ``project_after_step``, and the straight-through one.
+3. **Matrix constraints** (CPU): ``SpectralBall`` against a loop of SVDs.
+4. **Norm sets**: ``hard_project`` with ``MaxNorm`` against a ``renorm_`` loop, a
+   16x22 weight timed warm, ``L1Ball`` and ``Simplex`` against plain sort-based
+   code, and the training step with ``MaxNorm``.
 
 Each row is checked against its target and marked ``ok`` or ``MISS``.
 Absolute times hold only for the machine they were measured on; on a CPU shared
