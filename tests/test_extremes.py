@@ -48,7 +48,15 @@ def norms(y: torch.Tensor) -> list[float]:
 
 
 def sums(y: torch.Tensor) -> list[float]:
-    return [math.fsum(row) for row in y.double().tolist()]
+    return [fsum(row) for row in y.double().tolist()]
+
+
+def fsum(row: list[float]) -> float:
+    """``math.fsum``, or ``inf`` for a sum beyond the float range."""
+    try:
+        return math.fsum(row)
+    except OverflowError:
+        return math.inf
 
 
 def in_shell(lo: float, hi: float, zero_ok: bool) -> Callable[[torch.Tensor], bool]:

@@ -83,7 +83,7 @@ def test_max_norm_on_a_linear_matches_keras_max_norm_axis_0_on_its_kernel() -> N
     outside = layer.weight.detach().norm(dim=1) > 1.0
     assert 0 < outside.sum() < 8
     constrain(layer, "weight", MaxNorm(1.0))
-    assert torch.allclose(layer.weight[outside], keras[outside], rtol=1e-6, atol=0)
+    assert torch.allclose(layer.weight[outside], keras[outside], rtol=1e-5, atol=0)
     # Keras also shrinks rows inside the ball by about 1e-7; this library leaves them alone.
     assert torch.allclose(layer.weight[~outside], keras[~outside], rtol=1e-6, atol=0)
 
@@ -96,7 +96,7 @@ def test_max_norm_on_a_conv_matches_keras_on_its_kernel() -> None:
     kernel = conv.weight.detach().permute(2, 3, 1, 0)  # Keras layout (kh, kw, in, out)
     keras = keras_max_norm(kernel, 2.0, axis=(0, 1, 2)).permute(3, 2, 0, 1)
     constrain(conv, "weight", MaxNorm(2.0))
-    assert torch.allclose(conv.weight, keras, rtol=1e-6, atol=0)
+    assert torch.allclose(conv.weight, keras, rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize("axis", [0, 1])

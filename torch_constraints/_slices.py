@@ -13,23 +13,97 @@ leading dimensions of its input as a batch of such tensors, so that
 
 from __future__ import annotations
 
+import contextlib
+import math
 from collections.abc import Hashable, Sequence
+from typing import Any, ClassVar
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
-from . import _validation
-from .base import Constraint
-from .functional import Dim
+from . import _kernels, _validation
+from .base import Constraint, _init_parameters
+from .functional import Dim, _reduced_dims
 
 __all__ = ["SliceConstraint"]
 
 
 class SliceConstraint(Constraint):
-    """Base of the constraints applied to each slice along ``dim``."""
+    """Base of the constraints applied to each slice along ``dim``.
+
+    A subclass implements :meth:`_kernel` (one call into the functional kernels);
+    :meth:`project`, :meth:`project_` and :meth:`project_many_` come from it.
+    """
+
+    _bypass_project = ("project_", "project_many_")
+    #: The constructor's arguments: what :meth:`fusion_key` compares.
+    _key_names: ClassVar[tuple[str, ...]] = ()
+    #: Small tensors (at most ``_small_bytes``) are stacked for one batched call per shape,
+    #: in stacks of at most ``_stack_bytes``: cache-sized, so that the norms read the copy
+    #: from cache (and the allocator reuses it); larger tensors are projected alone.
+    _stack_bytes, _small_bytes = 2 * 2**20, 2**20
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._key_names = tuple(_init_parameters(cls))
 
     def __init__(self, dim: Dim) -> None:
         super().__init__()
         self.dim = _validation.dims(type(self).__name__, dim)
+
+    def _kernel(self, x: Tensor, dim: Dim, *, inplace: bool) -> Tensor | None:
+        """The projection of ``x``'s slices along ``dim``: a new tensor, or in place.
+
+        In place it returns ``x``, or ``None`` when it changed nothing.
+        """
+        raise NotImplementedError
+
+    def _slices_may_be_empty(self) -> bool:
+        """Whether the set of a slice of 0 elements holds a point (the empty vector)."""
+        return True
+
+    def project(self, x: Tensor) -> Tensor:
+        r"""Return :math:`P_C(x)`, slice by slice, differentiably and without modifying ``x``."""
+        result = self._kernel(x, self.slices(x), inplace=False)
+        assert result is not None
+        return result
+
+    def project_(self, x: Tensor) -> Tensor:
+        """Write :math:`P_C(x)` into ``x``, slice by slice, and return ``x``."""
+        with torch.no_grad() if torch.is_grad_enabled() else contextlib.nullcontext():
+            self._kernel(x, self.slices(x), inplace=True)
+        return x
+
+    def project_many_(self, xs: Sequence[Tensor], *, foreach: bool | None = None) -> None:
+        """Project in place, stacking small same-shaped tensors for one batched call per shape.
+
+        A stack is copied back only when the projection changed it.
+        """
+        with torch.no_grad() if torch.is_grad_enabled() else contextlib.nullcontext():
+            self._project_many_(xs)
+
+    def _project_many_(self, xs: Sequence[Tensor]) -> None:
+        by_shape: dict[tuple[int, ...], list[Tensor]] = {}
+        for x in xs:
+            if (
+                self._event_ndim is None
+                or type(x) not in (Tensor, nn.Parameter)
+                or x.numel() * x.element_size() > self._small_bytes
+            ):
+                self.project_(x)
+            else:
+                by_shape.setdefault(tuple(x.shape), []).append(x)
+        for same in by_shape.values():
+            if len(same) < 3:  # a stack of two costs more than their calls
+                for x in same:
+                    self.project_(x)
+                continue
+            per_stack = max(1, self._stack_bytes // (same[0].numel() * same[0].element_size()))
+            for start in range(0, len(same), per_stack):
+                chunk = same[start : start + per_stack]
+                stack = torch.stack([x.detach() for x in chunk])
+                if self._kernel(stack, self.slices(stack), inplace=True) is not None:
+                    _kernels.copy_(chunk, stack.unbind(0))
 
     def check(self, x: Tensor, where: str) -> None:
         super().check(x, where)
@@ -39,11 +113,15 @@ class SliceConstraint(Constraint):
                     f"{where}: {type(self).__name__} dim={self.dim!r} is out of range for a "
                     f"tensor with {x.ndim} dimension(s)"
                 )
-
-    def project_many_(self, xs: Sequence[Tensor], *, foreach: bool | None = None) -> None:
-        """Project in place, stacking same-shaped tensors for one batched call per shape."""
-        del foreach
-        self._project_stacked_(xs)
+        reduced = _reduced_dims(x, self.dim)
+        size = math.prod(x.shape[d] for d in reduced)
+        count = math.prod(x.shape[d] for d in range(x.ndim) if d not in reduced)
+        if size == 0 and count > 0 and not self._slices_may_be_empty():
+            raise ValueError(
+                f"{where}: {type(self).__name__} cannot constrain a tensor of shape "
+                f"{tuple(x.shape)}: its slices have no elements, and its set holds no "
+                "point of 0 elements"
+            )
 
     def slices(self, x: Tensor) -> Dim:
         """The ``dim`` argument for the kernels: ``self.dim``, shifted past any batch dims."""
@@ -56,9 +134,11 @@ class SliceConstraint(Constraint):
     def fusion_key(self) -> Hashable | None:
         if self._event_ndim is None:
             return None
-        config = tuple(sorted((k, v) for k, v in self.get_config().items() if k != "dim"))
-        dims = tuple(sorted(d % max(self._event_ndim, 1) for d in self._dims()))
-        return (type(self).__name__, config, self._event_ndim, self.dim is None, dims)
+        if type(self).get_config is Constraint.get_config:  # the attributes, without inspect
+            config = tuple([getattr(self, k) for k in self._key_names])
+        else:
+            config = tuple(sorted(self.get_config().items()))
+        return (type(self).__name__, config, self._event_ndim)
 
     def _dims(self) -> tuple[int, ...]:
         if self.dim is None:

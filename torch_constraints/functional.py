@@ -15,9 +15,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from . import _autograd
-from ._rounding import constant_for_compile as _constant_for_compile
-from ._rounding import inward_scalar, inward_tensor
+from . import _autograd, _l2
+from ._rounding import constant_for_compile, inward_scalar, inward_tensor
 
 __all__ = [
     "Bound",
@@ -122,7 +121,7 @@ def box_bounds(x: Tensor, min: Bound = None, max: Bound = None) -> tuple[Bound, 
     return bounds[0], bounds[1]
 
 
-@_constant_for_compile
+@constant_for_compile
 def scalar_bounds(
     min: float | None, max: float | None, dtype: torch.dtype
 ) -> tuple[float | None, float | None]:
@@ -189,30 +188,41 @@ def _reduced_dims(x: Tensor, dim: Dim) -> list[int]:
     return [d for d in range(x.ndim) if d not in kept]
 
 
-def _rows(
-    x: Tensor, dim: Dim
-) -> tuple[Tensor, Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
-    """View ``x`` as a 2-D tensor with one slice per row.
+def _rows(x: Tensor, dim: Dim) -> tuple[Tensor, Callable[[Tensor], Tensor], bool]:
+    """``x`` as a contiguous 2-D tensor with one slice per row.
 
     Returns the rows, the map of a rows-shaped tensor back to ``x``'s layout, and
-    the map of a per-row ``(rows, 1)`` tensor to one that broadcasts against ``x``.
+    whether the rows are a view of ``x`` (else a copy). Every slice is thus reduced
+    with the same memory layout, whatever ``x``'s strides or batch: the same row
+    gives the same result bit for bit, alone or stacked with others.
     """
+    if dim == 0 and x.ndim == 2 and x.is_contiguous():  # a Linear weight's rows: x itself
+        return x, _same, True
     reduced = _reduced_dims(x, dim)
     kept = [d for d in range(x.ndim) if d not in reduced]
     order = kept + reduced
     moved = x.permute(order)
-    moved_shape = moved.shape
-    rows = moved.reshape(-1, math.prod(moved_shape[len(kept) :]))
+    shape = moved.shape
+    rows = moved.reshape(math.prod(shape[: len(kept)]), math.prod(shape[len(kept) :]))
     inverse = [order.index(d) for d in range(x.ndim)]
-    per_row_shape = [*moved_shape[: len(kept)], *([1] * len(reduced))]
+    return rows.contiguous(), lambda r: r.reshape(shape).permute(inverse), moved.is_contiguous()
 
-    def restore(result: Tensor) -> Tensor:
-        return result.reshape(moved_shape).permute(inverse)
 
-    def per_row(values: Tensor) -> Tensor:
-        return values.reshape(per_row_shape).permute(inverse)
+def _same(rows: Tensor) -> Tensor:
+    return rows
 
-    return rows, restore, per_row
+
+def _in_place(x: Tensor, dim: Dim, kernel: Callable[[Tensor], Tensor | None]) -> bool:
+    """Apply the in-place row ``kernel`` (``None``: it changed nothing) to ``x``'s slices.
+
+    Returns whether ``x`` may have changed. (``hard_project`` hands a sharded tensor,
+    FSDP2's DTensor, to the kernels gathered: see ``torch_constraints._distributed``.)
+    """
+    rows, restore, view = _rows(x, dim)
+    result = kernel(rows)
+    if result is not None and not view:
+        x.copy_(restore(result))
+    return result is not None
 
 
 # ---------------------------------------------------------------------------- accuracy
@@ -228,11 +238,10 @@ def tolerance(dtype: torch.dtype) -> float:
     a slice of an L1 ball when :math:`\lVert x \rVert_1 \le r (1 + \tau)`; a slice of
     the simplex when it is nonnegative and :math:`\lvert \sum_i x_i - s \rvert \le \tau s`.
     :math:`\tau` is ``2 * eps`` for float16, bfloat16 and float32 and ``4 * eps`` for
-    float64, whatever the length of the slice: the norms and sums behind these tests
-    are computed accurately (float64 accumulation for the smaller dtypes; scaled,
-    compensated pairwise summation for float64), to within about one ``eps`` of the
-    exact value, and a projected slice lands within about two ``eps`` of the set, so
-    projecting it again changes nothing.
+    float64, whatever the length of the slice: the decision is made on a norm or sum
+    certified to a few rounding errors at any length and magnitude (see
+    :mod:`torch_constraints._l2` and the guarantees page), and a projected slice lands
+    inside the set, so projecting it again changes nothing.
 
     Args:
         dtype: a floating-point dtype.
@@ -246,189 +255,36 @@ def tolerance(dtype: torch.dtype) -> float:
         >>> tolerance(torch.float32) == 2 * torch.finfo(torch.float32).eps
         True
     """
-    return _SLACK_IN_EPS.get(dtype, 4) * torch.finfo(dtype).eps
+    return _TAU.get(dtype) or _SLACK_IN_EPS.get(dtype, 4) * torch.finfo(dtype).eps
 
 
-def _wide(rows: Tensor) -> Tensor:
-    """``rows`` in float64: every value of the smaller dtypes is exact there."""
-    return rows.to(torch.float64)
-
-
-def _compensated_sum(t: Tensor) -> Tensor:
-    """Sum float64 ``t`` over its last dimension (keepdim) to about one rounding error.
-
-    Pairwise summation in which every addition also yields its exact rounding
-    error (Knuth's TwoSum); the errors are added back at the end. One vectorised
-    step per level of the tree, ``log2(n)`` steps in all.
-    """
-    if t.shape[-1] == 0:
-        return t.sum(dim=-1, keepdim=True)
-    error = torch.zeros_like(t[..., :1])
-    while t.shape[-1] > 1:
-        if t.shape[-1] % 2:
-            t = torch.nn.functional.pad(t, (0, 1))
-        a, b = t[..., 0::2], t[..., 1::2]
-        total = a + b
-        b_part = total - a
-        error = error + ((a - (total - b_part)) + (b - b_part)).sum(dim=-1, keepdim=True)
-        t = total
-    return t + error
-
-
-def _accurate_sum(wide: Tensor, dtype: torch.dtype) -> Tensor:
-    """Row sums of float64 ``wide`` holding values of ``dtype``, accurate to ~1 rounding.
-
-    Values of the smaller dtypes carry at most 24 significant bits, so a float64
-    sum of up to 2**26 of them errs by less than an eighth of their ``eps``.
-    """
-    if dtype == torch.float64:
-        return _compensated_sum(wide)
-    return wide.sum(dim=-1, keepdim=True)
+_TAU = {dtype: slack * torch.finfo(dtype).eps for dtype, slack in _SLACK_IN_EPS.items()}
 
 
 # ---------------------------------------------------------------------------- L2 norms
-def _finite(x: Tensor) -> Tensor:
-    """``x`` with ``+inf``/``-inf`` replaced by the dtype's largest finite value; NaN kept."""
-    big = torch.finfo(x.dtype).max
-    return x.clamp(-big, big)
+def _apply(
+    x: Tensor, dim: Dim, kernel: Callable[[Tensor, bool], Tensor | None], inplace: bool
+) -> Tensor | None:
+    """A row kernel on ``x``'s slices: a new tensor, or in place ``x`` (``None``: unchanged)."""
+    if inplace:
+        return x if _in_place(x, dim, lambda rows: kernel(rows, True)) else None
+    rows, restore, _ = _rows(x, dim)
+    return restore(kernel(rows, False))  # type: ignore[arg-type]
 
 
-#: Rows are handled in blocks of about this many elements, so that a block, its float64
-#: copy and the per-row work on it stay in cache (a whole-tensor float64 copy costs a
-#: fresh allocation and a trip through memory; see ``_norm_parts``).
-_BLOCK = 1 << 16
+def _project_norm(
+    x: Tensor, dim: Dim, lo: float, hi: float, rate: float = 1.0, *, inplace: bool = False
+) -> Tensor | None:
+    """The norm kernels; ``rate < 1``: Keras' step ``x + rate (P(x) - x)``, exact where kept."""
+    tau = tolerance(x.dtype)
 
+    def kernel(rows: Tensor, inplace: bool) -> Tensor | None:
+        if rate == 1.0:
+            return _l2.project_rows(rows, lo, hi, tau, inplace=inplace)
+        projected = _l2.project_rows(rows, lo, hi, tau, inplace=False)
+        return rows.lerp_(projected, rate) if inplace else rows.lerp(projected, rate)  # type: ignore[arg-type]
 
-def _block_rows(rows: Tensor) -> int:
-    """How many rows make a block of about ``_BLOCK`` elements (at least one).
-
-    On the CPU only: a GPU fuses the widening into its reduction and would only pay
-    a kernel launch per block, so there one block holds every row.
-    """
-    if rows.device.type != "cpu":
-        return max(1, rows.shape[0])
-    return max(1, _BLOCK // max(1, rows.shape[-1]))
-
-
-def _blocks(rows: Tensor) -> tuple[Tensor, ...]:
-    """``rows`` split into blocks of whole rows, about ``_BLOCK`` elements each."""
-    return torch.split(rows, _block_rows(rows))
-
-
-def _wide_norms(rows: Tensor) -> Tensor:
-    """Float64 L2 norms ``(rows, 1)`` of non-float64 ``rows``, ``±inf`` counted as ``±max``.
-
-    Every value of the smaller dtypes, and its square, is exact in float64, and the
-    float64 sum of squares neither overflows nor underflows. Each block is widened
-    into a small contiguous float64 copy that stays in cache (so each row is summed
-    the same way whatever its layout or block), then reduced.
-    """
-    big = torch.finfo(rows.dtype).max
-    with torch.no_grad():
-        parts = [
-            torch.linalg.vector_norm(
-                block.to(torch.float64, memory_format=torch.contiguous_format).clamp_(-big, big),
-                dim=-1,
-                keepdim=True,
-            )
-            for block in _blocks(rows)
-        ]
-        ns = torch.cat(parts) if parts else rows.new_zeros((0, 1), dtype=torch.float64)
-    if torch.is_grad_enabled() and rows.requires_grad:
-        # The same value (exact + 0), with the gradient of the differentiable norm.
-        exact = torch.linalg.vector_norm(_wide(_finite(rows)), dim=-1, keepdim=True)
-        ns = ns + (exact - exact.detach())
-    return ns
-
-
-def _norm_parts(rows: Tensor) -> tuple[Tensor, Tensor]:
-    """Each row's L2 norm as ``(ns, s)``: float64 ``(rows, 1)`` with ``norm = ns / s``.
-
-    The smaller dtypes are squared and summed in float64 (:func:`_wide_norms`), where
-    nothing overflows or underflows (``s = 1``); ``±inf`` counts as the largest
-    finite value. Float64 rows (finite: the caller clamps them) are first scaled by
-    a power of two ``s`` that brings their largest magnitude into ``[0.5, 1)``
-    (exact), as BLAS ``nrm2`` and ``hypot`` do, then summed with compensation.
-    """
-    if rows.dtype != torch.float64:
-        ns = _wide_norms(rows)
-        return ns, torch.ones_like(ns.detach())
-    with torch.no_grad():
-        largest = torch.maximum(rows.amax(dim=-1, keepdim=True), -rows.amin(dim=-1, keepdim=True))
-        exponent = torch.frexp(largest).exponent.clamp(-1000, 1000)
-        s = torch.ldexp(torch.ones_like(largest), -exponent)
-    ns = _compensated_sum((rows * s).square()).sqrt()
-    return ns, s
-
-
-def _norm_factors(rows: Tensor, lo: float, hi: float, rate: float = 1.0) -> tuple[Tensor, Tensor]:
-    """Per-row factors ``(f1, f2)``: ``rows * f1 * f2`` has its norm brought into ``[lo, hi]``.
-
-    ``f1`` is a power of two and ``f2`` a normal number of the computing dtype, so
-    that the product is right whether the factor is tiny or huge. A row within
-    :func:`tolerance` of ``[lo, hi]`` gets ``(1, 1)`` exactly and is returned bit for
-    bit; its Jacobian is the identity when its norm lies in ``[lo, hi]`` (a zero row
-    of a ball included) and that of :math:`x \\cdot \\text{bound} / n` otherwise (on a
-    sphere). A zero row of a set that excludes 0 gets ``(1, 0)``: it stays zero,
-    with a zero gradient.
-    """
-    ns, s = _norm_parts(rows)
-    n = ns / s  # float64; inf only for float64 rows whose norm exceeds its range
-    slack = tolerance(rows.dtype)
-    zero = n == 0
-    kept = (n >= lo * (1 - slack)) & (n <= hi * (1 + slack))
-    pinned = torch.where(n > hi, hi, lo)
-    g = pinned / torch.where(ns == 0, 1.0, ns)  # the factor is g * s; NaN stays NaN
-    if rate != 1.0:  # Keras' partial step: d = rate * clamp(n) + (1 - rate) * n
-        g = rate * g + (1.0 - rate) / s
-    if rows.dtype == torch.float64:
-        f1, f2 = s, g
-    else:  # s == 1: split g into a power of two and a float32 normal number
-        with torch.no_grad():
-            e = torch.frexp(g).exponent
-            f1 = torch.ldexp(torch.ones_like(g), (e - e.clamp(-120, 120)).clamp(-126, 127))
-        f2 = g / f1
-    compute = torch.float64 if rows.dtype == torch.float64 else torch.float32
-    one = torch.ones_like(n)
-    if torch.is_grad_enabled() and rows.requires_grad:
-        # Value 1, gradient of bound / n where the norm is pinned to a bound.
-        pinned_here = kept & ~zero & ((n > hi) | (n < lo) | (lo == hi))
-        ratio = pinned / torch.where(pinned_here, n, 1.0)
-        one = torch.where(pinned_here, one + (ratio - ratio.detach()), one)
-    zero_out = zero & ~kept  # a zero row outside the set (lo > 0): stays zero
-    f1 = torch.where(kept | zero_out, 1.0, f1).to(compute)
-    f2 = torch.where(kept, one, torch.where(zero_out, 0.0, f2)).to(compute)
-    return f1, f2
-
-
-def _project_norm(x: Tensor, dim: Dim, lo: float, hi: float, rate: float = 1.0) -> Tensor:
-    if not (torch.is_grad_enabled() and x.requires_grad):
-        return _project_norm_(x.clone(), dim, lo, hi, rate)
-    rows, _, per_row = _rows(x, dim)
-    rows = rows if x.dtype != torch.float64 else _finite(rows)
-    f1, f2 = _norm_factors(rows, lo, hi, rate)
-    return (_finite(x) * per_row(f1) * per_row(f2)).to(x.dtype)
-
-
-def _project_norm_(x: Tensor, dim: Dim, lo: float, hi: float, rate: float = 1.0) -> Tensor:
-    """Scale each slice of ``x`` in place by its factors; ``±inf`` becomes ``±max`` first.
-
-    Non-float64 norms count ``±inf`` as ``±max`` themselves, so ``x`` is clamped
-    only while it is multiplied, block by block while each block is in cache,
-    when its rows are a view of ``x`` (a full pass over ``x`` otherwise).
-    """
-    big = torch.finfo(x.dtype).max
-    if x.dtype == torch.float64:
-        x.clamp_(-big, big)
-    rows, _, per_row = _rows(x, dim)
-    f1, f2 = _norm_factors(rows, lo, hi, rate)
-    if rows.untyped_storage().data_ptr() != x.untyped_storage().data_ptr():
-        return x.clamp_(-big, big).mul_(per_row(f1)).mul_(per_row(f2))
-    step = _block_rows(rows)
-    blocks = zip(_blocks(rows), torch.split(f1, step), torch.split(f2, step), strict=True)
-    for block, g1, g2 in blocks:
-        block.clamp_(-big, big).mul_(g1).mul_(g2)
-    return x
+    return _apply(x, dim, kernel, inplace)
 
 
 def project_l2_ball(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor:
@@ -439,10 +295,13 @@ def project_l2_ball(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor:
         C = \{y : \lVert y \rVert_2 \le r\}, \qquad
         P_C(x) = x \cdot \min\!\left(1, \frac{r}{\lVert x \rVert_2}\right)
 
-    A slice inside the ball (up to :func:`tolerance`) is returned unchanged, bit for
-    bit, with the identity Jacobian (a zero slice included). The norm is computed
-    without overflow or underflow at every finite magnitude; an infinite entry
-    counts as the dtype's largest finite value, and a NaN makes its slice NaN.
+    A slice in the ball (up to :func:`tolerance`) is returned unchanged, bit for bit,
+    with the identity Jacobian (a zero slice included). A slice outside lands at a
+    norm of at most ``radius``, within ``1e-5`` relative of :math:`P_C(x)` in float32
+    (``1e-13`` in float64; one unit in the last place more in float16 and bfloat16),
+    at every finite magnitude: see :mod:`torch_constraints._l2` for the bound. An
+    infinite entry counts as the dtype's largest finite value; a NaN makes its slice
+    NaN.
 
     Args:
         x: the tensor to project.
@@ -460,12 +319,13 @@ def project_l2_ball(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor:
         tensor([[1.2000, 1.6000],
                 [0.3000, 0.4000]])
     """
-    return _project_norm(x, dim, 0.0, radius)
+    return _project_norm(x, dim, 0.0, radius)  # type: ignore[return-value]
 
 
 def project_l2_ball_(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor:
     """In-place :func:`project_l2_ball`: the same values, bit for bit, written into ``x``."""
-    return _project_norm_(x, dim, 0.0, radius)
+    _project_norm(x, dim, 0.0, radius, inplace=True)
+    return x
 
 
 def project_l2_sphere(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor:
@@ -478,7 +338,11 @@ def project_l2_sphere(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor
 
     Every point of the sphere is equally near to 0, so a zero slice has no unique
     projection; it is kept at zero (as Keras' ``UnitNorm`` does), with a zero
-    gradient. Slices within :func:`tolerance` of the sphere are returned bit for bit.
+    gradient. Slices within :func:`tolerance` of the sphere are returned bit for bit,
+    with the Jacobian of the formula; the others land within :func:`tolerance`.
+
+    Raises:
+        ValueError: if the slices have no elements (the sphere in no dimensions is empty).
 
     Example:
         >>> import torch
@@ -487,12 +351,13 @@ def project_l2_sphere(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor
         tensor([[0.6000, 0.8000],
                 [0.0000, 0.0000]])
     """
-    return _project_norm(x, dim, radius, radius)
+    return _project_norm(x, dim, radius, radius)  # type: ignore[return-value]
 
 
 def project_l2_sphere_(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor:
     """In-place :func:`project_l2_sphere`."""
-    return _project_norm_(x, dim, radius, radius)
+    _project_norm(x, dim, radius, radius, inplace=True)
+    return x
 
 
 def project_min_max_norm(
@@ -508,9 +373,14 @@ def project_min_max_norm(
             + (1 - \text{rate}) \cdot n, \qquad \text{result} = x \cdot \frac{d}{n} .
 
     With ``rate = 1`` this is the projection onto the shell
-    :math:`\{y : \text{min} \le \lVert y \rVert_2 \le \text{max}\}`; with ``rate < 1``
-    it moves each slice only part of the way, and applying it twice moves further.
-    Zero slices stay zero (with the identity Jacobian when ``min_value`` is 0).
+    :math:`\{y : \text{min} \le \lVert y \rVert_2 \le \text{max}\}`, with the
+    guarantees of :func:`project_l2_ball` (a slice moved down lands just inside
+    ``max_value``); with ``rate < 1`` it moves each slice only part of the way, and
+    applying it twice moves further. Zero slices stay zero (with the identity
+    Jacobian when ``min_value`` is 0).
+
+    Raises:
+        ValueError: if ``min_value > 0`` and the slices have no elements.
 
     Example:
         >>> import torch
@@ -519,49 +389,86 @@ def project_min_max_norm(
         tensor([[1.7400, 2.3200],
                 [0.4260, 0.5680]])
     """
-    return _project_norm(x, dim, min_value, max_value, rate)
+    return _project_norm(x, dim, min_value, max_value, rate)  # type: ignore[return-value]
 
 
 def project_min_max_norm_(
     x: Tensor, min_value: float = 0.0, max_value: float = 1.0, rate: float = 1.0, dim: Dim = 0
 ) -> Tensor:
     """In-place :func:`project_min_max_norm`."""
-    return _project_norm_(x, dim, min_value, max_value, rate)
+    _project_norm(x, dim, min_value, max_value, rate, inplace=True)
+    return x
 
 
 # ---------------------------------------------------------------------------- simplex, L1
-def _shifted(wide: Tensor) -> Tensor:
-    """Rows minus their maximum (a projection onto a simplex ignores a common shift).
+def _sum(wide: Tensor, dtype: torch.dtype) -> Tensor:
+    """Row sums of float64 ``wide`` (values of ``dtype``), within about one rounding of ``dtype``.
 
-    The largest entry becomes 0, so the threshold and the results are computed on
-    numbers no larger than the simplex's scale, whatever the input's magnitude. If
-    the maximum is infinite, the entries equal to it become 0 and the others
-    ``-inf`` (the limit of the projection); a NaN makes the row NaN.
+    A float64 sum in any order errs by at most ``n * 2**-53`` relative to the sum of the
+    magnitudes: far below the rounding of the smaller dtypes. Float64 values take
+    :func:`~torch_constraints._l2.accurate_sum`.
     """
-    top = wide.detach().amax(dim=-1, keepdim=True)
-    limit = torch.where(wide.detach() == top, 0.0, -math.inf)
-    return torch.where(top.isinf(), limit, wide - top)
+    return _l2.accurate_sum(wide) if dtype == torch.float64 else wide.sum(dim=-1, keepdim=True)
 
 
-def _simplex_of_shifted(shifted: Tensor, total: float, dtype: torch.dtype) -> Tensor:
-    r"""``max(shifted - theta, 0)`` summing to ``total`` (float64 rows with maximum 0).
+def _simplex_of(values: Tensor, total: float, dtype: torch.dtype) -> Tensor:
+    r"""``max(values - theta, 0)`` summing to ``total``, each row, in float64.
 
-    :math:`\theta` comes from sorting (Held et al., 1974; Duchi et al., 2008); one
-    correction, from an accurate sum of the result, removes the rounding error of
-    the cumulative sum.
+    :math:`\theta` comes from sorting (Held et al., 1974; Duchi et al., 2008), in the
+    values' own dtype. Each row's maximum is subtracted first (the projection ignores
+    a common shift), so the threshold and the results are computed on numbers no
+    larger than ``total``, whatever the input's magnitude: the cumulative sum over
+    the support errs by at most ``k 2**-53 total``, below the rounding of the smaller
+    dtypes; for float64 one correction, from an accurate sum of the result, removes
+    it. If the maximum is infinite, the entries equal to it share ``total`` and the
+    others get 0 (the limit of the projection); a NaN makes the row NaN.
     """
-    ordered = shifted.sort(dim=-1, descending=True).values
+    ordered = values.sort(dim=-1, descending=True).values
+    top = ordered[..., :1].detach().to(torch.float64)
+    infinite = top.isinf()
+    if not _l2.branches(values) or bool(infinite.any()):
+        limit = torch.where(values == top, 0.0, -math.inf)
+        shifted = torch.where(infinite, limit, values - top)
+        ordered = torch.where(infinite, torch.where(ordered == top, 0.0, -math.inf), ordered - top)
+    else:  # (float64 results, in one pass from any dtype)
+        shifted, ordered = values - top, ordered - top
     excess = ordered.cumsum(dim=-1) - total
-    count = torch.arange(1, shifted.shape[-1] + 1, device=shifted.device, dtype=shifted.dtype)
-    # An entry in the support lies within `total` of the maximum 0, so its cumulative
-    # sum is finite: an infinite one (-inf entries, overflow far below) is outside.
-    support = ((ordered - excess / count) > 0) & excess.isfinite()
+    count = torch.arange(1, values.shape[-1] + 1, device=values.device, dtype=torch.float64)
+    support = ordered * count > excess  # -inf entries: -inf > -inf, no
+    if dtype == torch.float64:  # a cumulative sum that overflowed to -inf: outside
+        support &= excess.isfinite()
     size = support.sum(dim=-1, keepdim=True).clamp_min(1)
-    theta = excess.gather(-1, size - 1) / size.to(shifted.dtype)
+    theta = excess.gather(-1, size - 1) / size
     kept = (shifted - theta).clamp_min(0)
-    active = (kept > 0).sum(dim=-1, keepdim=True).clamp_min(1)
-    correction = (_accurate_sum(kept, dtype) - total) / active.to(shifted.dtype)
-    return torch.where(kept == 0, 0.0, kept - correction).clamp_min(0)
+    if dtype != torch.float64:
+        return kept
+    zero = kept == 0
+    active = (values.shape[-1] - zero.sum(dim=-1, keepdim=True)).clamp_min(1)
+    correction = (_sum(kept, dtype) - total) / active
+    return torch.where(zero, 0.0, kept - correction).clamp_min(0)
+
+
+def _l1_rows(rows: Tensor, radius: float, inplace: bool = False) -> Tensor | None:
+    """The L1 projection of each row; in place: ``rows``, or ``None`` when all were inside."""
+    magnitude = rows.abs()
+    wide = magnitude.detach().to(torch.float64)
+    inside = _sum(wide, rows.dtype) <= radius * (1 + tolerance(rows.dtype))
+    if rows.numel() == 0 or (_l2.branches(rows) and bool(inside.all())):
+        return None if inplace else rows.clone()
+    shrunk = torch.copysign(_simplex_of(magnitude, radius, rows.dtype), rows).to(rows.dtype)
+    result = _keep(inside, rows, shrunk)
+    return rows.copy_(result) if inplace else result
+
+
+def _keep(kept: Tensor, rows: Tensor, projected: Tensor) -> Tensor:
+    """``rows`` where ``kept`` (one flag per row), ``projected`` elsewhere."""
+    if _l2.branches(rows) and not bool(kept.any()):  # (the usual case: a pass saved)
+        return projected
+    return torch.where(kept, rows, projected)
+
+
+def _project_l1_ball(x: Tensor, dim: Dim, radius: float, *, inplace: bool) -> Tensor | None:
+    return _apply(x, dim, lambda rows, inplace: _l1_rows(rows, radius, inplace), inplace)
 
 
 def project_l1_ball(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor:
@@ -583,17 +490,38 @@ def project_l1_ball(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor:
         >>> project_l1_ball(torch.tensor([3.0, -1.0, 0.5]), radius=3.0)
         tensor([ 2.5000, -0.5000,  0.0000])
     """
-    rows, restore, _ = _rows(x, dim)
-    magnitude = _wide(rows).abs()
-    inside = _accurate_sum(magnitude, x.dtype) <= radius * (1 + tolerance(x.dtype))
-    shrunk = _simplex_of_shifted(_shifted(magnitude), radius, x.dtype)
-    projected = (rows.sign() * shrunk).to(x.dtype)
-    return restore(torch.where(inside, rows, projected))
+    return _project_l1_ball(x, dim, radius, inplace=False)  # type: ignore[return-value]
 
 
 def project_l1_ball_(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor:
     """In-place :func:`project_l1_ball`."""
-    return x.copy_(project_l1_ball(x, radius, dim))
+    _project_l1_ball(x, dim, radius, inplace=True)
+    return x
+
+
+def _simplex_rows(rows: Tensor, scale: float, inplace: bool = False) -> Tensor | None:
+    """The simplex projection of each row; in place: ``rows``, or ``None`` when all were on it."""
+    if rows.shape[0] == 0:
+        return None if inplace else rows.clone()
+    if rows.shape[-1] == 0:
+        raise ValueError(f"a slice of 0 elements has no point summing to {scale}: the set is empty")
+    values = rows.detach()
+    on_simplex = (values.amin(dim=-1, keepdim=True) >= 0) & (  # NaN: no
+        (_sum(values.to(torch.float64), rows.dtype) - scale).abs() <= tolerance(rows.dtype) * scale
+    )
+    if inplace and _l2.branches(rows) and bool(on_simplex.all()):
+        return None
+    projected = _simplex_of(rows, scale, rows.dtype).to(rows.dtype)
+    kept = rows
+    if torch.is_grad_enabled() and rows.requires_grad:
+        # the value of rows, the gradient of the formula
+        kept = rows.detach() + (projected - projected.detach())
+    result = _keep(on_simplex, kept, projected)
+    return rows.copy_(result) if inplace else result
+
+
+def _project_simplex(x: Tensor, dim: Dim, scale: float, *, inplace: bool) -> Tensor | None:
+    return _apply(x, dim, lambda rows, inplace: _simplex_rows(rows, scale, inplace), inplace)
 
 
 def project_simplex(x: Tensor, scale: float = 1.0, dim: Dim = None) -> Tensor:
@@ -611,25 +539,19 @@ def project_simplex(x: Tensor, scale: float = 1.0, dim: Dim = None) -> Tensor:
     gradient is that of the formula. ``-inf`` entries get weight 0; ``+inf``
     entries share ``scale`` equally; a NaN makes its slice NaN.
 
+    Raises:
+        ValueError: if the slices have no elements (no point sums to ``scale``).
+
     Example:
         >>> import torch
         >>> from torch_constraints.functional import project_simplex
         >>> project_simplex(torch.tensor([0.0, 0.0, float("-inf")]))
         tensor([0.5000, 0.5000, 0.0000])
     """
-    rows, restore, _ = _rows(x, dim)
-    values = _wide(rows)
-    projected = _simplex_of_shifted(_shifted(values), scale, x.dtype).to(x.dtype)
-    on_simplex = (values >= 0).all(dim=-1, keepdim=True) & (
-        (_accurate_sum(values, x.dtype) - scale).abs() <= tolerance(x.dtype) * scale
-    )
-    kept = rows
-    if torch.is_grad_enabled() and x.requires_grad:
-        # the value of rows, the gradient of the formula
-        kept = rows.detach() + (projected - projected.detach())
-    return restore(torch.where(on_simplex, kept, projected))
+    return _project_simplex(x, dim, scale, inplace=False)  # type: ignore[return-value]
 
 
 def project_simplex_(x: Tensor, scale: float = 1.0, dim: Dim = None) -> Tensor:
     """In-place :func:`project_simplex`."""
-    return x.copy_(project_simplex(x, scale, dim))
+    _project_simplex(x, dim, scale, inplace=True)
+    return x

@@ -7,7 +7,6 @@ weight).
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from . import _validation
@@ -15,14 +14,9 @@ from ._slices import SliceConstraint
 from .box import Box
 from .functional import (
     Dim,
-    project_l1_ball,
-    project_l1_ball_,
-    project_l2_ball,
-    project_l2_ball_,
-    project_l2_sphere,
-    project_l2_sphere_,
-    project_simplex,
-    project_simplex_,
+    _project_l1_ball,
+    _project_norm,
+    _project_simplex,
 )
 
 __all__ = ["L1Ball", "L2Ball", "L2Sphere", "LinfBall", "Simplex"]
@@ -50,18 +44,15 @@ class Simplex(SliceConstraint):
         tensor([0.5000, 0.5000, 0.0000])
     """
 
-    _bypass_project = ("project_",)
-
     def __init__(self, scale: float = 1.0, dim: Dim = None) -> None:
         super().__init__(dim)
         self.scale = _validation.number("Simplex", "scale", scale, above=0)
 
-    def project(self, x: Tensor) -> Tensor:
-        return project_simplex(x, self.scale, self.slices(x))
+    def _kernel(self, x: Tensor, dim: Dim, *, inplace: bool) -> Tensor | None:
+        return _project_simplex(x, dim, self.scale, inplace=inplace)
 
-    @torch.no_grad()
-    def project_(self, x: Tensor) -> Tensor:
-        return project_simplex_(x, self.scale, self.slices(x))
+    def _slices_may_be_empty(self) -> bool:
+        return False
 
 
 class L1Ball(SliceConstraint):
@@ -83,18 +74,12 @@ class L1Ball(SliceConstraint):
         tensor([ 2.5000, -0.5000,  0.0000])
     """
 
-    _bypass_project = ("project_",)
-
     def __init__(self, radius: float = 1.0, dim: Dim = None) -> None:
         super().__init__(dim)
         self.radius = _validation.number("L1Ball", "radius", radius, at_least=0)
 
-    def project(self, x: Tensor) -> Tensor:
-        return project_l1_ball(x, self.radius, self.slices(x))
-
-    @torch.no_grad()
-    def project_(self, x: Tensor) -> Tensor:
-        return project_l1_ball_(x, self.radius, self.slices(x))
+    def _kernel(self, x: Tensor, dim: Dim, *, inplace: bool) -> Tensor | None:
+        return _project_l1_ball(x, dim, self.radius, inplace=inplace)
 
 
 class L2Ball(SliceConstraint):
@@ -116,18 +101,12 @@ class L2Ball(SliceConstraint):
         tensor([0.6000, 0.8000])
     """
 
-    _bypass_project = ("project_",)
-
     def __init__(self, radius: float = 1.0, dim: Dim = None) -> None:
         super().__init__(dim)
         self.radius = _validation.number("L2Ball", "radius", radius, at_least=0)
 
-    def project(self, x: Tensor) -> Tensor:
-        return project_l2_ball(x, self.radius, self.slices(x))
-
-    @torch.no_grad()
-    def project_(self, x: Tensor) -> Tensor:
-        return project_l2_ball_(x, self.radius, self.slices(x))
+    def _kernel(self, x: Tensor, dim: Dim, *, inplace: bool) -> Tensor | None:
+        return _project_norm(x, dim, 0.0, self.radius, inplace=inplace)
 
 
 class L2Sphere(SliceConstraint):
@@ -148,18 +127,15 @@ class L2Sphere(SliceConstraint):
         tensor([6., 8.])
     """
 
-    _bypass_project = ("project_",)
-
     def __init__(self, radius: float = 1.0, dim: Dim = None) -> None:
         super().__init__(dim)
         self.radius = _validation.number("L2Sphere", "radius", radius, above=0)
 
-    def project(self, x: Tensor) -> Tensor:
-        return project_l2_sphere(x, self.radius, self.slices(x))
+    def _kernel(self, x: Tensor, dim: Dim, *, inplace: bool) -> Tensor | None:
+        return _project_norm(x, dim, self.radius, self.radius, inplace=inplace)
 
-    @torch.no_grad()
-    def project_(self, x: Tensor) -> Tensor:
-        return project_l2_sphere_(x, self.radius, self.slices(x))
+    def _slices_may_be_empty(self) -> bool:
+        return False
 
 
 class LinfBall(Box):
