@@ -172,3 +172,16 @@ def test_config_round_trips() -> None:
         clone = type(c).from_config(c.get_config())
         assert repr(clone) == repr(c) and clone.get_config() == c.get_config()
     assert repr(MaxNorm()) == "MaxNorm(max_value=2.0, dim=0)"
+
+
+def test_min_max_norm_with_rate_below_one_is_applied_once_per_hard_project() -> None:
+    layer = nn.Linear(2, 1, bias=False)
+    constrain(layer, "weight", MinMaxNorm(0.0, 1.0, rate=0.5))
+    raw = layer.parametrizations.weight.original
+    with torch.no_grad():
+        raw.copy_(torch.tensor([[3.0, 4.0]]))  # norm 5
+    hard_project(layer)
+    assert torch.allclose(raw.norm(), torch.tensor(3.0))  # 0.5 * 1 + 0.5 * 5
+    hard_project(layer)
+    assert torch.allclose(raw.norm(), torch.tensor(2.0))  # moves further: not a projection
+    assert torch.allclose(layer.weight.norm(), torch.tensor(1.0))  # the forward map is

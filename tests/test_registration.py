@@ -627,3 +627,19 @@ def test_registration_applies_min_max_norm_in_full_whatever_its_rate(parametrize
     constrain(layer, "weight", MinMaxNorm(0.5, 1.0, rate=0.5), parametrize=parametrized)
     norms = torch.linalg.vector_norm(raw(layer, "weight").detach(), dim=1)
     assert torch.allclose(norms, torch.ones(2))
+
+
+def test_stacked_constraints_apply_in_registration_order() -> None:
+    layer = nn.Linear(3, 2, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[3.0, -4.0, 0.0], [0.1, 0.2, -0.3]]))
+    constrain(layer, "weight", NonNeg())
+    constrain(layer, "weight", MaxNorm(1.0))
+    expected = MaxNorm(1.0).project(
+        NonNeg().project(torch.tensor([[3.0, -4.0, 0.0], [0.1, 0.2, -0.3]]))
+    )
+    assert torch.equal(layer.weight, expected)
+    assert torch.equal(layer.parametrizations.weight.original, expected)
+    # Each set in turn is not the projection onto the intersection in general:
+    # here it is (the sets commute), and the result is in both.
+    assert (expected >= 0).all() and (expected.norm(dim=1) <= 1 + 1e-6).all()
