@@ -1,7 +1,7 @@
 """The properties every built-in constraint has, as one grid.
 
-Constraint × dtype × shape and slices (``dim``) × magnitude (ordinary values, and
-rows spanning the dtype's whole finite range, subnormals included) × mode. For each
+Constraint x dtype x shape and slices (``dim``) x magnitude (ordinary values, and
+rows spanning the dtype's whole finite range, subnormals included) x mode. For each
 cell, by the test's own arithmetic (``math.hypot``, ``math.fsum``, float64), never
 the implementation's:
 
