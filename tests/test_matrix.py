@@ -846,3 +846,12 @@ def test_recorded_without_a_parametrization(constraint: Constraint) -> None:
         assert torch.allclose(w @ w.T, torch.eye(6, dtype=torch.float64), atol=1e-5)
     else:
         assert torch.linalg.eigvalsh((w + w.T) / 2).min() >= -1e-5
+
+
+def test_a_bound_below_float64s_normal_range_still_covers_sigma() -> None:
+    # sigma = sqrt(2) * 2**-1060, a subnormal: scaling the result there rounds it.
+    tiny = torch.full((1, 2), 2.0**-1060, dtype=torch.float64)
+    sigma = Fraction(2) * Fraction(2) ** (-2120)  # sigma squared, exactly
+    for iterations in range(3):
+        bound = float(spectral_norm_bound(tiny, iterations=iterations))
+        assert Fraction(bound) ** 2 >= sigma

@@ -19,9 +19,9 @@ from collections.abc import Hashable, Sequence
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from . import _kernels, _validation
+from . import _validation
 from .base import Constraint, _init_parameters
 from .functional import Dim, _reduced_dims
 
@@ -38,10 +38,6 @@ class SliceConstraint(Constraint):
     _bypass_project = ("project_", "project_many_")
     #: The constructor's arguments: what :meth:`fusion_key` compares.
     _key_names: ClassVar[tuple[str, ...]] = ()
-    #: Small tensors (at most ``_small_bytes``) are stacked for one batched call per shape,
-    #: in stacks of at most ``_stack_bytes``: cache-sized, so that the norms read the copy
-    #: from cache (and the allocator reuses it); larger tensors are projected alone.
-    _stack_bytes, _small_bytes = 2 * 2**20, 2**20
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -79,31 +75,11 @@ class SliceConstraint(Constraint):
 
         A stack is copied back only when the projection changed it.
         """
-        with torch.no_grad() if torch.is_grad_enabled() else contextlib.nullcontext():
-            self._project_many_(xs)
 
-    def _project_many_(self, xs: Sequence[Tensor]) -> None:
-        by_shape: dict[tuple[int, ...], list[Tensor]] = {}
-        for x in xs:
-            if (
-                self._event_ndim is None
-                or type(x) not in (Tensor, nn.Parameter)
-                or x.numel() * x.element_size() > self._small_bytes
-            ):
-                self.project_(x)
-            else:
-                by_shape.setdefault(tuple(x.shape), []).append(x)
-        for same in by_shape.values():
-            if len(same) < 3:  # a stack of two costs more than their calls
-                for x in same:
-                    self.project_(x)
-                continue
-            per_stack = max(1, self._stack_bytes // (same[0].numel() * same[0].element_size()))
-            for start in range(0, len(same), per_stack):
-                chunk = same[start : start + per_stack]
-                stack = torch.stack([x.detach() for x in chunk])
-                if self._kernel(stack, self.slices(stack), inplace=True) is not None:
-                    _kernels.copy_(chunk, stack.unbind(0))
+        def project_stack(stack: Tensor) -> bool:
+            return self._kernel(stack, self.slices(stack), inplace=True) is not None
+
+        self._project_stacked_(xs, project_stack)
 
     def check(self, x: Tensor, where: str) -> None:
         super().check(x, where)

@@ -23,7 +23,7 @@ function. From it the base class derives everything the rest of the library uses
 from __future__ import annotations
 
 import inspect
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -156,7 +156,12 @@ class Constraint(nn.Module):
 
     @torch.no_grad()
     def _project_stacked_(
-        self, xs: Sequence[Tensor], max_bytes: int = 64 * 2**20, small_bytes: int = 2**20
+        self,
+        xs: Sequence[Tensor],
+        project_stack: Callable[[Tensor], bool] | None = None,
+        *,
+        stack_bytes: int = 2 * 2**20,
+        small_bytes: int = 2**20,
     ) -> None:
         """Project ``xs`` in place, stacking small same-shaped tensors into one batched call.
 
@@ -164,8 +169,10 @@ class Constraint(nn.Module):
         batch (see :meth:`batch_ndim`): many small tensors then cost a few kernels
         instead of a few per tensor. A tensor larger than ``small_bytes`` gains
         nothing from it (the copies would cost more than the calls) and is projected
-        on its own, as is anything but a plain dense tensor. Stacks hold at most
-        ``max_bytes`` (a transient copy).
+        on its own, as is anything but a plain dense tensor, and shapes with fewer than
+        three tensors. Stacks hold at most ``stack_bytes``. ``project_stack`` projects a
+        stack in place and returns whether it changed it (default: :meth:`project_`,
+        then copy back): an unchanged stack is not copied back.
         """
         by_shape: dict[tuple[int, ...], list[Tensor]] = {}
         for x in xs:
@@ -178,14 +185,18 @@ class Constraint(nn.Module):
             else:
                 by_shape.setdefault(tuple(x.shape), []).append(x)
         for same in by_shape.values():
-            per_stack = max(1, max_bytes // max(1, same[0].numel() * same[0].element_size()))
+            if len(same) < 3:  # a stack of two costs more than their calls
+                for x in same:
+                    self.project_(x)
+                continue
+            per_stack = max(1, stack_bytes // max(1, same[0].numel() * same[0].element_size()))
             for start in range(0, len(same), per_stack):
                 chunk = same[start : start + per_stack]
-                if len(chunk) == 1:
-                    self.project_(chunk[0])
-                    continue
                 stack = torch.stack([x.detach() for x in chunk])
-                self.project_(stack)
+                if project_stack is None:
+                    self.project_(stack)
+                elif not project_stack(stack):
+                    continue
                 _kernels.copy_(chunk, stack.unbind(0))
 
     def forward(self, x: Tensor) -> Tensor:

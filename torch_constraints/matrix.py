@@ -174,7 +174,10 @@ def spectral_norm_bound(matrices: Tensor, *, iterations: int = 4) -> Tensor:
       step before, so the computed result is within :math:`(1 + 2^{-53})^{20}`
       of the exact one; it is multiplied by :math:`1 + 2^{-45}`, which covers
       that and the rounding of the constants (:math:`\gamma_n`, computed in
-      Python floats).
+      Python floats), before the exact scaling by :math:`2^{e}`. Only a result
+      below float64's normal range (float64 matrices of subnormal entries) is
+      rounded by that scaling, by at most half its spacing :math:`2^{-1074}`,
+      which is added.
 
     Args:
         matrices: a matrix ``(m, n)`` or a batch ``(..., m, n)``, floating point.
@@ -229,7 +232,8 @@ def spectral_norm_bound(matrices: Tensor, *, iterations: int = 4) -> Tensor:
     for fro, inner, e in reversed(steps):
         sigma_g = (beta + m * tiny) * _pow2(e, torch.float64)
         beta = torch.sqrt(sigma_g + _product_error(inner, dtype) * fro**2 + 16 * m * inner * tiny)
-    bound = (beta + math.sqrt(m * k) * tiny) * _pow2(shift, torch.float64) * (1 + 2.0**-45)
+    bound = (beta + math.sqrt(m * k) * tiny) * (1 + 2.0**-45) * _pow2(shift, torch.float64)
+    bound = bound + 2.0**-1074  # the scaling rounds a result below float64's normal range
     return torch.where(amax.isfinite(), torch.where(amax > 0, bound, 0.0), amax.double())
 
 
@@ -426,7 +430,7 @@ class _MatrixConstraint(Constraint):
     def project_many_(self, xs: Sequence[Tensor], *, foreach: bool | None = None) -> None:
         """Project in place, stacking same-shaped tensors for one batched call per shape."""
         del foreach
-        self._project_stacked_(xs)
+        self._project_stacked_(xs, stack_bytes=64 * 2**20)  # one decomposition per stack
 
 
 def _wide(fn: Any, m: Tensor, *args: Any) -> Tensor:
