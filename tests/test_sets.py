@@ -12,7 +12,9 @@ from torch_constraints import (
     L2Ball,
     L2Sphere,
     LinfBall,
+    MaxNorm,
     Simplex,
+    UnitNorm,
     constrain,
     named_constraints,
 )
@@ -104,3 +106,15 @@ def test_changing_a_linf_radius_takes_effect() -> None:
     assert constraint.get_config() == {"radius": 0.01}
     with pytest.raises(ValueError, match="LinfBall: radius must be >= 0, got -1"):
         constraint.radius = -1
+
+
+@pytest.mark.parametrize("dim", [0, 1, None, (0, 1)])
+def test_aliases_of_one_set_project_alike_with_the_same_arguments(dim: object) -> None:
+    x = torch.randn(4, 5, 3, generator=torch.Generator().manual_seed(0)) * 2
+    assert torch.equal(MaxNorm(0.7, dim=dim).project(x), L2Ball(0.7, dim=dim).project(x))
+    assert torch.equal(UnitNorm(dim=dim).project(x), L2Sphere(1.0, dim=dim).project(x))
+    assert torch.equal(LinfBall(0.3).project(x), Box(-0.3, 0.3).project(x))
+    # ...and differ by their defaults only, as their docstrings say
+    assert (MaxNorm().max_value, MaxNorm().dim) == (2.0, 0)
+    assert (L2Ball().radius, L2Ball().dim) == (1.0, None)
+    assert UnitNorm().dim == 0 and (L2Sphere().radius, L2Sphere().dim) == (1.0, None)

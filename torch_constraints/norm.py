@@ -30,6 +30,11 @@ class MaxNorm(SliceConstraint):
         C = \{x : \lVert x_s \rVert_2 \le m \ \forall s\}, \qquad
         P_C(x)_s = x_s \cdot \min\!\left(1, \frac{m}{\lVert x_s \rVert_2}\right)
 
+    The same set as :class:`~torch_constraints.L2Ball` (``MaxNorm(m, dim=d)`` projects
+    as ``L2Ball(m, dim=d)``), with Keras' name and defaults: each output unit
+    (``dim=0``) and ``m = 2``, where optax's ``L2Ball`` takes the whole tensor and
+    radius 1.
+
     Args:
         max_value: :math:`m \ge 0`. Default: ``2.0``.
         dim: dimension(s) indexing the slices, or ``None`` for the whole tensor.
@@ -126,6 +131,9 @@ class UnitNorm(SliceConstraint):
 
         C = \{x : \lVert x_s \rVert_2 = 1 \ \forall s\}, \qquad
         P_C(x)_s = \frac{x_s}{\lVert x_s \rVert_2}
+
+    :class:`~torch_constraints.L2Sphere` of radius 1, with Keras' name and default
+    slices (each output unit, ``dim=0``, where ``L2Sphere`` takes the whole tensor).
 
     Args:
         dim: dimension(s) indexing the slices, or ``None``. Default: ``0``.

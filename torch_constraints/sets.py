@@ -85,6 +85,10 @@ class L1Ball(SliceConstraint):
 class L2Ball(SliceConstraint):
     r"""L2 norm at most ``radius``: :class:`~torch_constraints.MaxNorm` under optax's name.
 
+    Where they differ: the defaults. ``L2Ball`` takes the whole tensor (``dim=None``)
+    and radius 1, as optax's ``projection_l2_ball`` does; ``MaxNorm`` each output unit
+    (``dim=0``) and 2, as Keras does. ``L2Ball(r, dim=0)`` is ``MaxNorm(r)``.
+
     .. math::
 
         C = \{x : \lVert x \rVert_2 \le r\}, \qquad
@@ -111,6 +115,10 @@ class L2Ball(SliceConstraint):
 
 class L2Sphere(SliceConstraint):
     r"""L2 norm exactly ``radius``; zero slices stay zero.
+
+    ``L2Sphere(1.0, dim=0)`` is :class:`~torch_constraints.UnitNorm` ``()``: the sphere
+    takes the whole tensor by default (``dim=None``), as optax's projection does, and
+    any radius.
 
     .. math::
 
@@ -140,6 +148,9 @@ class L2Sphere(SliceConstraint):
 
 class LinfBall(Box):
     r"""Every element in ``[-radius, radius]``: :class:`~torch_constraints.Box` ``(-r, r)``.
+
+    A ``Box`` with one more attribute, ``radius`` (setting it sets both bounds); its
+    config is the radius, so it serializes as ``LinfBall``.
 
     .. math::
 
