@@ -31,10 +31,7 @@ def _dtensor_class() -> type | None:
 def any_dtensor(tensors: Iterable[Tensor]) -> bool:
     """Whether any of ``tensors`` is a DTensor."""
     dtensor = _dtensor_class()
-    plain = (Tensor, Parameter)
-    return dtensor is not None and any(
-        type(t) not in plain and isinstance(t, dtensor) for t in tensors
-    )
+    return dtensor is not None and not set(map(type, tensors)) <= {Tensor, Parameter}
 
 
 def full(tensor: Tensor) -> Tensor:

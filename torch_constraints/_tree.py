@@ -62,13 +62,18 @@ class Constrained(NamedTuple):
     several original tensors, a recorded parameter set to ``None``).
     """
 
-    qualname: str
+    prefix: str
     owner: nn.Module
     name: str
     raw: Tensor | None
     constraints: tuple[Constraint, ...]
     stacked: tuple[Constraint, ...]
     parametrized: bool
+
+    @property
+    def qualname(self) -> str:
+        """The tensor's name from the root of the walk, such as ``"encoder.fc.weight"``."""
+        return f"{self.prefix}.{self.name}" if self.prefix else self.name
 
     @property
     def all_constraints(self) -> tuple[Constraint, ...]:
@@ -101,16 +106,26 @@ def constrained(module: nn.Module) -> list[Constrained]:
         state = owner.__dict__
         recorded_here = state.get(ATTRIBUTE)
         if recorded_here:
+            parameters = state[PARAMETERS]
             for name, chain in recorded_here.items():
-                qualname = f"{prefix}.{name}" if prefix else name
-                raw = _own_tensor(owner, name)
-                append(_new(Constrained, (qualname, owner, name, raw, chain, (), False)))
+                raw = parameters.get(name)
+                if raw is None:
+                    raw = state[BUFFERS].get(name)
+                append(_new(Constrained, (prefix, owner, name, raw, chain, (), False)))
         children = state[MODULES]
         if not children:
             continue
         chains = children.get("parametrizations")
         if chains is not None:
             for name, chain in chains.__dict__[MODULES].items():
+                chain_state = chain.__dict__
+                entries = chain_state[MODULES]
+                if len(entries) == 1 and chain_state.get("is_tensor"):  # one constraint
+                    (first,) = entries.values()
+                    raw = chain_state[PARAMETERS].get("original")
+                    if isinstance(first, Constraint) and raw is not None:
+                        append(_new(Constrained, (prefix, owner, name, raw, (first,), (), True)))
+                        continue
                 entry = _read_chain(prefix, owner, name, chain)
                 if entry is not None:
                     append(entry)
@@ -133,7 +148,7 @@ def find(module: nn.Module, name: str) -> Constrained | None:
     """The entry of ``module.<name>`` alone (no walk), or ``None`` if it is not constrained."""
     chain = recorded(module).get(name)
     if chain:
-        return Constrained(name, module, name, _own_tensor(module, name), chain, (), False)
+        return Constrained("", module, name, _own_tensor(module, name), chain, (), False)
     chains = children_of(module).get("parametrizations")
     if chains is None:
         return None
@@ -167,8 +182,7 @@ def _read_chain(
         raw = state[PARAMETERS].get("original")
         if raw is None:
             raw = state[BUFFERS].get("original")
-    qualname = f"{prefix}.{name}" if prefix else name
-    return _new(Constrained, (qualname, owner, name, raw, leading, stacked, True))
+    return _new(Constrained, (prefix, owner, name, raw, leading, stacked, True))
 
 
 def _own_tensor(module: nn.Module, name: str) -> Tensor | None:

@@ -247,14 +247,19 @@ class _Member:
     flat: bool
 
 
+#: Attributes of a constraint that do not change its in-place projection: the module's
+#: training flag, and straight-through (which changes the forward pass's gradient only).
+_NOT_PROJECTED = frozenset({"training", "straight_through"})
+
+
 class _Run:
     """Consecutive members projected together through one view, by the first one's constraints.
 
     Each call reads every member's constraints' public attributes (``min``, ``max``,
     ``max_value``, ``dim``, ...: those in the instance's ``__dict__`` not starting
-    with ``_``, but ``training``) and compares them by value with what they were when
-    packed: equal, the run is projected at once; not (``box.max = 0.05`` on one
-    member), each member is projected by its own constraints.
+    with ``_``, but :data:`_NOT_PROJECTED`) and compares them by value with what they
+    were when packed: equal, the run is projected at once; not (``box.max = 0.05`` on
+    one member), each member is projected by its own constraints.
     """
 
     def __init__(
@@ -264,7 +269,7 @@ class _Run:
         self.constraints = chains[0]
         self._config: list[tuple[Callable[[Any], Any], list[object], list[Constraint]]] = []
         for position, first in enumerate(self.constraints if len(chains) > 1 else ()):
-            names = [n for n in vars(first) if not n.startswith("_") and n != "training"]
+            names = [n for n in vars(first) if not n.startswith("_") and n not in _NOT_PROJECTED]
             getter = attrgetter(*names) if names else (lambda c: ())
             members = [chain[position] for chain in chains]
             self._config.append((getter, list(map(getter, members)), members))

@@ -124,25 +124,24 @@ def groups(found: list[_tree.Constrained]) -> list[Group]:
     """
     raws: list[Tensor | None] = list(map(_raw, found))
     chains: list[tuple[Constraint, ...]] = list(map(_chain, found))
-    if (
-        raws
-        and not any(map(is_, raws, repeat(None)))
-        and set(map(len, chains)) == {1}
-        and len(set(map(id, raws))) == len(raws)
-        and not any(map(_is_meta, raws))
-    ):
+    if raws and set(map(len, chains)) == {1} and not any(map(is_, raws, repeat(None))):
         firsts = list(map(_first, chains))
         keys = list(map(_fusion_key, firsts))
-        if not any(map(is_, keys, repeat(None))):
-            keyed = zip(map(_device, raws), map(_dtype, raws), map(type, firsts), keys, strict=True)
-            if len(dict.fromkeys(keyed)) == 1:
+        if (
+            keys[0] is not None
+            and keys.count(keys[0]) == len(keys)
+            and len(set(map(type, firsts))) == 1
+            and len(set(map(id, raws))) == len(raws)
+        ):
+            places = set(zip(map(_device, raws), map(_dtype, raws), strict=True))
+            if len(places) == 1 and next(iter(places))[0].type != "meta":
                 return [(chains[0], raws)]  # type: ignore[list-item]
     return _groups(found)
 
 
 _raw, _chain, _first = itemgetter(3), itemgetter(4), itemgetter(0)
 _fusion_key = methodcaller("fusion_key")
-_device, _dtype, _is_meta = attrgetter("device"), attrgetter("dtype"), attrgetter("is_meta")
+_device, _dtype = attrgetter("device"), attrgetter("dtype")
 
 
 def _groups(found: list[_tree.Constrained]) -> list[Group]:
