@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from torch_constraints import bench
+from torch_constraints import bench, bench_sets
 
 
 @pytest.fixture
@@ -20,9 +20,9 @@ def small_bench(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(bench.PARAMETER_SETS, "small-2000", lambda: [(8, 8)] * 20)
     monkeypatch.setitem(bench.TRAINING_CASES, "cpu", [("mlp-2x16", 16, 2, 4, torch.float32)])
     monkeypatch.setattr(
-        bench, "MATRIX_SETS", {"small-matrices": lambda: [(8, 6)] * 3 + [(4, 2, 3)]}
+        bench_sets, "MATRIX_SETS", {"small-matrices": lambda: [(8, 6)] * 3 + [(4, 2, 3)]}
     )
-    monkeypatch.setattr(bench, "SORT_SHAPES", [(4, 16), (3, 5)])
+    monkeypatch.setattr(bench_sets, "SORT_SHAPES", [(4, 16), (3, 5)])
 
 
 def test_the_benchmark_prints_every_row_and_writes_json(
@@ -107,7 +107,7 @@ def test_the_matrix_rows(
         assert row in printed
     (matrix,) = json.loads(out.read_text())["matrix"]
     assert matrix["parameter_set"] == "small-matrices" and matrix["tensors"] == 4
-    assert len(matrix["checks"]) == len(bench.MATRIX_TARGETS)
+    assert len(matrix["checks"]) == len(bench_sets.MATRIX_TARGETS)
 
 
 def test_the_norm_rows(
@@ -138,13 +138,13 @@ def test_the_norm_baselines_are_the_projections_they_stand_for() -> None:
     # plain sort-based code what L1Ball and Simplex do.
     x = torch.randn(5, 7) * 3
     column = torch.tensor([3.0, -0.2, 0.7])
-    views = bench._renorm_views([x.clone(), column.clone()])
+    views = bench_sets._renorm_views([x.clone(), column.clone()])
     for view, tensor in zip(views, (x, column), strict=True):
-        expected = bench.MaxNorm(bench.NORM).project(tensor)
+        expected = bench_sets.MaxNorm(bench.NORM).project(tensor)
         assert torch.allclose(view.renorm_(2, 0, bench.NORM).view_as(tensor), expected, atol=1e-6)
-    assert torch.allclose(bench._sort_l1(x, 1.0), bench.L1Ball(1.0, dim=0).project(x), atol=1e-6)
-    simplex = bench.Simplex(1.0, dim=0).project(x)
-    assert torch.allclose(bench._sort_simplex(x, 1.0), simplex, atol=1e-6)
+    assert torch.allclose(bench_sets._sort_l1(x, 1.0), bench_sets.L1Ball(1.0, dim=0).project(x), atol=1e-6)
+    simplex = bench_sets.Simplex(1.0, dim=0).project(x)
+    assert torch.allclose(bench_sets._sort_simplex(x, 1.0), simplex, atol=1e-6)
 
 
 def test_the_projection_checks_judge_each_target() -> None:
