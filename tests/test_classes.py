@@ -42,6 +42,7 @@ def test_modules_of_one_class_with_the_same_constrained_names_share_one_class() 
     assert type(model[3]) is shared_class(nn.Conv1d, {"weight"})
     assert type(model[0]).__name__ == type(model[2]).__name__ == "ParametrizedLinear"
     assert parametrize.type_before_parametrizations(model[0]) is nn.Linear
+    assert type(model[0]).__module__ == parametrize.__name__  # torch.fx: a leaf, as PyTorch's
     assert isinstance(model[0], nn.Linear)
     assert "ParametrizedLinear(" in repr(model[0])
 

@@ -6,7 +6,7 @@ Two things break on that:
 
 * ``torch.compile`` guards on the class of each module it traces. Compiling the
   blocks of a model one by one (regional compilation, ``block.compile()``)
-  recompiles for every block, and past ``torch._dynamo.config.recompile_limit``
+  recompiles for every block, and past Dynamo's ``recompile_limit``
   (8) runs the rest in eager mode;
 * ``pickle`` and ``torch.save(model)`` cannot find the class by name, and PyTorch
   gives it a ``__getstate__`` that raises.
@@ -44,7 +44,6 @@ from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 from torch.nn.utils.parametrize import ParametrizationList
 
 from . import _compat
@@ -53,6 +52,8 @@ from .base import Constraint
 __all__ = ["is_shared", "share", "shared_class"]
 
 _FLAG = "_torch_constraints_shared"
+#: The module PyTorch gives its parametrized classes (torch.fx leaves them alone).
+_PARAMETRIZE_MODULE = "torch.nn.utils.parametrize"
 
 #: What PyTorch's own per-module class holds besides one property per tensor.
 _PYTORCH_CLASS_KEYS = frozenset(
@@ -103,7 +104,7 @@ def shared_class(base: type[nn.Module], names: Iterable[str]) -> type[nn.Module]
             # As PyTorch's own parametrized classes do: torch.fx treats classes of
             # torch.nn modules as leaves, and would otherwise trace into the chain.
             # Pickling does not look the class up by module (see _reduce_ex).
-            "__module__": parametrize.__name__,
+            "__module__": _PARAMETRIZE_MODULE,
             "__qualname__": f"Parametrized{base.__qualname__}",
             "__doc__": f"{base.__name__} with parametrized tensors (torch_constraints).",
             "__reduce_ex__": _reduce_ex,
@@ -137,7 +138,7 @@ def _parametrized_names(module: nn.Module) -> list[str]:
 
 
 def _is_pytorch_class(cls: type, names: Iterable[str]) -> bool:
-    if cls.__module__ != parametrize.__name__ or len(cls.__bases__) != 1:
+    if cls.__module__ != _PARAMETRIZE_MODULE or len(cls.__bases__) != 1:
         return False
     names = set(names)
     if set(cls.__dict__) - _PYTORCH_CLASS_KEYS != names:
@@ -161,7 +162,7 @@ class _SharedMeta(type):
     def __setattr__(cls, name: str, value: Any) -> None:
         # register_parametrization sets a property made for one module: use the shared one.
         if isinstance(value, property) and not isinstance(value, _Property):
-            if getattr(value.fget, "__module__", None) == parametrize.__name__:
+            if getattr(value.fget, "__module__", None) == _PARAMETRIZE_MODULE:
                 value = _Property.of(name)
         super().__setattr__(name, value)
 

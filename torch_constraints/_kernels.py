@@ -78,7 +78,7 @@ def clamp_(
 def _clamp_cpu_(tensors: Sequence[Tensor], lo: float | None, hi: float | None) -> None:
     """``clamp_`` for CPU tensors of one dtype: small ones by the foreach pair, in chunks.
 
-    The CPU has no fused foreach kernels: ``torch._foreach_clamp_min_`` loops over the
+    The CPU has no fused foreach kernels: PyTorch's foreach clamp loops over the
     tensors in C++, which costs less per tensor than a ``clamp_`` call from Python.
     Parameters are passed as they are (on the CPU every foreach call takes the
     per-tensor path anyway; a ``detach()`` per tensor would cost more than it saves).
