@@ -344,3 +344,32 @@ def test_an_attribute_outside_the_config_is_seen_too() -> None:
     packed()
     assert raw(model[0]).min().item() == 0.0
     assert raw(model[1]).min().item() == -0.5
+
+
+class _Scaled(Constraint):
+    """A custom constraint fused by a tensor attribute: ``x * scale``, capped."""
+
+    def __init__(self, scale: torch.Tensor) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * self.scale).clamp(-1, 1)
+
+    def fusion_key(self) -> object:
+        return ("scaled", id(self.scale))
+
+
+def test_a_tensor_attribute_replaced_after_packing_is_seen() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    shared = torch.full((4,), 0.5)
+    constrain_all(model, _Scaled(shared), include={"weight"}, parametrize=False)
+    for _, c in named_constraints(model):
+        c.scale = shared  # one object: one run of two
+    packed = PackedProjection(model)
+    dict(named_constraints(model))["1.weight"].scale = torch.full((4,), 0.25)
+    with torch.no_grad():
+        for layer in model:
+            layer.weight.fill_(1.0)
+    packed()
+    assert model[0].weight.eq(0.5).all() and model[1].weight.eq(0.25).all()

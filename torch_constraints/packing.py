@@ -275,13 +275,21 @@ class _Run:
             self._config.append((getter, list(map(getter, members)), members))
 
     def project_(self) -> None:
-        if all(list(map(getter, members)) == packed for getter, packed, members in self._config):
+        if all(_unchanged(*config) for config in self._config):
             for constraint in self.constraints:
                 constraint.project_(self.view)
             return
         for chain, tensor in zip(self.chains, self.tensors, strict=True):
             for constraint in chain:
                 constraint.project_(tensor)
+
+
+def _unchanged(getter: Callable[[Any], Any], packed: list[object], members: list[Any]) -> bool:
+    """Whether the members' attributes equal those they had when packed."""
+    try:
+        return list(map(getter, members)) == packed
+    except RuntimeError:  # a tensor attribute, compared element by element: changed
+        return False
 
 
 def _select(
