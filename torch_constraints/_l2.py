@@ -177,9 +177,9 @@ def fast_norms(rows: Tensor) -> Tensor:
     r, n = rows.shape
     norm = torch.linalg.vector_norm
     if n <= CHUNK:
-        same = compute == rows.dtype  # (a dtype argument costs a microsecond)
-        small: Tensor = norm(rows, dim=-1, keepdim=True, **({} if same else {"dtype": compute}))
-        return small
+        if compute == rows.dtype:  # (a dtype argument costs a microsecond)
+            return norm(rows, dim=-1, keepdim=True)  # type: ignore[no-any-return]
+        return norm(rows, dim=-1, keepdim=True, dtype=compute)  # type: ignore[no-any-return]
     whole = n - n % CHUNK
     parts = norm(rows[:, :whole].view(r, -1, CHUNK), dim=-1, dtype=compute)
     if whole < n:
@@ -315,10 +315,14 @@ def _fast(rows: Tensor, p: Plan, lo: float, grad: bool) -> tuple[_Factors, bool]
     ``None`` when every row is certainly in the set: one reduction decides it.
     """
     m = fast_norms(rows.detach() if grad else rows)
-    compute = torch.float64 if rows.dtype == torch.float64 else torch.float32
-    least, most = (t.item() for t in torch.aminmax(m))
+    if p.bounds[0] < 0:  # a ball: the largest norm decides whether all are in (NaN: no)
+        most = m.max().item()
+        least = 0.0 if most <= p.bounds[1] else m.min().item()
+    else:
+        least, most = (t.item() for t in torch.aminmax(m))
     if least > p.bounds[0] and most <= p.bounds[1]:  # every row certainly in (NaN: no)
         return None
+    compute = torch.float64 if rows.dtype == torch.float64 else torch.float32
     f2 = torch.full_like(m, p.target).div_(m)  # target / m, one rounding
     unit = m.reciprocal() if grad else None
     label = None

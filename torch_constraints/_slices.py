@@ -13,9 +13,9 @@ leading dimensions of its input as a batch of such tensors, so that
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from operator import attrgetter
 from typing import Any, ClassVar
 
 import torch
@@ -38,10 +38,13 @@ class SliceConstraint(Constraint):
     _bypass_project = ("project_", "project_many_")
     #: The constructor's arguments: what :meth:`fusion_key` compares.
     _key_names: ClassVar[tuple[str, ...]] = ()
+    #: Reads ``(self._event_ndim, self.dim, *those arguments)`` in one C-level call.
+    _key_values: ClassVar[Callable[[Any], tuple[Any, ...]]] = attrgetter("_event_ndim", "dim")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._key_names = tuple(_init_parameters(cls))
+        cls._key_values = staticmethod(attrgetter("_event_ndim", "dim", *cls._key_names))
 
     def __init__(self, dim: Dim) -> None:
         super().__init__()
@@ -66,7 +69,10 @@ class SliceConstraint(Constraint):
 
     def project_(self, x: Tensor) -> Tensor:
         """Write :math:`P_C(x)` into ``x``, slice by slice, and return ``x``."""
-        with torch.no_grad() if torch.is_grad_enabled() else contextlib.nullcontext():
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                self._kernel(x, self.slices(x), inplace=True)
+        else:  # (hard_project: no context object per tensor)
             self._kernel(x, self.slices(x), inplace=True)
         return x
 
@@ -111,9 +117,8 @@ class SliceConstraint(Constraint):
         if self._event_ndim is None:
             return None
         if type(self).get_config is Constraint.get_config:  # the attributes, without inspect
-            config = tuple([getattr(self, k) for k in self._key_names])
-        else:
-            config = tuple(sorted(self.get_config().items()))
+            return (type(self).__name__, self._key_values(self))
+        config = tuple(sorted(self.get_config().items()))
         return (type(self).__name__, config, self._event_ndim)
 
     def _dims(self) -> tuple[int, ...]:

@@ -35,6 +35,7 @@ from ._autograd import straight_through
 __all__ = ["Constraint"]
 
 C = TypeVar("C", bound="Constraint")
+_PLAIN = (Tensor, nn.Parameter)
 
 
 class Constraint(nn.Module):
@@ -154,7 +155,6 @@ class Constraint(nn.Module):
         for x in xs:
             self.project_(x)
 
-    @torch.no_grad()
     def _project_stacked_(
         self,
         xs: Sequence[Tensor],
@@ -174,25 +174,31 @@ class Constraint(nn.Module):
         stack in place and returns whether it changed it (default: :meth:`project_`,
         then copy back): an unchanged stack is not copied back.
         """
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                self._project_stacked_(
+                    xs, project_stack, stack_bytes=stack_bytes, small_bytes=small_bytes
+                )
+            return
+        if len(xs) < 3 or self._event_ndim is None:  # a stack of two costs more than their calls
+            for x in xs:
+                self.project_(x)
+            return
         by_shape: dict[tuple[int, ...], list[Tensor]] = {}
         for x in xs:
-            if (
-                self._event_ndim is None
-                or type(x) not in (Tensor, nn.Parameter)
-                or x.numel() * x.element_size() > small_bytes
-            ):
+            if type(x) not in _PLAIN or x.nbytes > small_bytes:
                 self.project_(x)
             else:
-                by_shape.setdefault(tuple(x.shape), []).append(x)
+                by_shape.setdefault(x.shape, []).append(x)
         for same in by_shape.values():
-            if len(same) < 3:  # a stack of two costs more than their calls
+            if len(same) < 3:
                 for x in same:
                     self.project_(x)
                 continue
-            per_stack = max(1, stack_bytes // max(1, same[0].numel() * same[0].element_size()))
+            per_stack = max(1, stack_bytes // max(1, same[0].nbytes))
             for start in range(0, len(same), per_stack):
                 chunk = same[start : start + per_stack]
-                stack = torch.stack([x.detach() for x in chunk])
+                stack = torch.stack(chunk)  # (under no_grad: a plain tensor)
                 if project_stack is None:
                     self.project_(stack)
                 elif not project_stack(stack):

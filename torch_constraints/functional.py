@@ -199,6 +199,10 @@ def _rows(x: Tensor, dim: Dim) -> tuple[Tensor, Callable[[Tensor], Tensor], bool
     if dim == 0 and x.ndim == 2 and x.is_contiguous():  # a Linear weight's rows: x itself
         return x, _same, True
     reduced = _reduced_dims(x, dim)
+    count, shape = x.ndim - len(reduced), x.shape
+    if reduced == list(range(count, x.ndim)) and x.is_contiguous():  # leading dims: a view
+        rows = x.view(math.prod(shape[:count]), math.prod(shape[count:]))
+        return rows, lambda r: r.reshape(shape), True
     kept = [d for d in range(x.ndim) if d not in reduced]
     order = kept + reduced
     moved = x.permute(order)
@@ -210,19 +214,6 @@ def _rows(x: Tensor, dim: Dim) -> tuple[Tensor, Callable[[Tensor], Tensor], bool
 
 def _same(rows: Tensor) -> Tensor:
     return rows
-
-
-def _in_place(x: Tensor, dim: Dim, kernel: Callable[[Tensor], Tensor | None]) -> bool:
-    """Apply the in-place row ``kernel`` (``None``: it changed nothing) to ``x``'s slices.
-
-    Returns whether ``x`` may have changed. (``hard_project`` hands a sharded tensor,
-    FSDP2's DTensor, to the kernels gathered: see ``torch_constraints._distributed``.)
-    """
-    rows, restore, view = _rows(x, dim)
-    result = kernel(rows)
-    if result is not None and not view:
-        x.copy_(restore(result))
-    return result is not None
 
 
 # ---------------------------------------------------------------------------- accuracy
@@ -263,28 +254,40 @@ _TAU = {dtype: slack * torch.finfo(dtype).eps for dtype, slack in _SLACK_IN_EPS.
 
 # ---------------------------------------------------------------------------- L2 norms
 def _apply(
-    x: Tensor, dim: Dim, kernel: Callable[[Tensor, bool], Tensor | None], inplace: bool
+    x: Tensor, dim: Dim, inplace: bool, kernel: Callable[..., Tensor | None], *args: float
 ) -> Tensor | None:
-    """A row kernel on ``x``'s slices: a new tensor, or in place ``x`` (``None``: unchanged)."""
-    if inplace:
-        return x if _in_place(x, dim, lambda rows: kernel(rows, True)) else None
-    rows, restore, _ = _rows(x, dim)
-    return restore(kernel(rows, False))  # type: ignore[arg-type]
+    """``kernel(rows, *args, inplace=...)`` on ``x``'s slices, one per row (see :func:`_rows`).
+
+    Returns a new tensor, or in place ``x``, or ``None`` when the kernel changed nothing.
+    (``hard_project`` hands a sharded tensor, FSDP2's DTensor, to the kernels gathered:
+    see ``torch_constraints._distributed``.)
+    """
+    rows, restore, view = _rows(x, dim)
+    result = kernel(rows, *args, inplace=inplace)
+    if not inplace:
+        return restore(result)  # type: ignore[arg-type]
+    if result is None:
+        return None
+    if not view:
+        x.copy_(restore(result))
+    return x
 
 
 def _project_norm(
     x: Tensor, dim: Dim, lo: float, hi: float, rate: float = 1.0, *, inplace: bool = False
 ) -> Tensor | None:
     """The norm kernels; ``rate < 1``: Keras' step ``x + rate (P(x) - x)``, exact where kept."""
-    tau = tolerance(x.dtype)
+    tau = _TAU.get(x.dtype) or tolerance(x.dtype)
+    if rate == 1.0:
+        return _apply(x, dim, inplace, _l2.project_rows, lo, hi, tau)
+    return _apply(x, dim, inplace, _norm_step_rows, lo, hi, tau, rate)
 
-    def kernel(rows: Tensor, inplace: bool) -> Tensor | None:
-        if rate == 1.0:
-            return _l2.project_rows(rows, lo, hi, tau, inplace=inplace)
-        projected = _l2.project_rows(rows, lo, hi, tau, inplace=False)
-        return rows.lerp_(projected, rate) if inplace else rows.lerp(projected, rate)  # type: ignore[arg-type]
 
-    return _apply(x, dim, kernel, inplace)
+def _norm_step_rows(
+    rows: Tensor, lo: float, hi: float, tau: float, rate: float, *, inplace: bool
+) -> Tensor:
+    projected = _l2.project_rows(rows, lo, hi, tau, inplace=False)
+    return rows.lerp_(projected, rate) if inplace else rows.lerp(projected, rate)  # type: ignore[arg-type]
 
 
 def project_l2_ball(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor:
@@ -448,7 +451,7 @@ def _simplex_of(values: Tensor, total: float, dtype: torch.dtype) -> Tensor:
     return torch.where(zero, 0.0, kept - correction).clamp_min(0)
 
 
-def _l1_rows(rows: Tensor, radius: float, inplace: bool = False) -> Tensor | None:
+def _l1_rows(rows: Tensor, radius: float, *, inplace: bool = False) -> Tensor | None:
     """The L1 projection of each row; in place: ``rows``, or ``None`` when all were inside."""
     magnitude = rows.abs()
     wide = magnitude.detach().to(torch.float64)
@@ -468,7 +471,7 @@ def _keep(kept: Tensor, rows: Tensor, projected: Tensor) -> Tensor:
 
 
 def _project_l1_ball(x: Tensor, dim: Dim, radius: float, *, inplace: bool) -> Tensor | None:
-    return _apply(x, dim, lambda rows, inplace: _l1_rows(rows, radius, inplace), inplace)
+    return _apply(x, dim, inplace, _l1_rows, radius)
 
 
 def project_l1_ball(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor:
@@ -499,7 +502,7 @@ def project_l1_ball_(x: Tensor, radius: float = 1.0, dim: Dim = None) -> Tensor:
     return x
 
 
-def _simplex_rows(rows: Tensor, scale: float, inplace: bool = False) -> Tensor | None:
+def _simplex_rows(rows: Tensor, scale: float, *, inplace: bool = False) -> Tensor | None:
     """The simplex projection of each row; in place: ``rows``, or ``None`` when all were on it."""
     if rows.shape[0] == 0:
         return None if inplace else rows.clone()
@@ -521,7 +524,7 @@ def _simplex_rows(rows: Tensor, scale: float, inplace: bool = False) -> Tensor |
 
 
 def _project_simplex(x: Tensor, dim: Dim, scale: float, *, inplace: bool) -> Tensor | None:
-    return _apply(x, dim, lambda rows, inplace: _simplex_rows(rows, scale, inplace), inplace)
+    return _apply(x, dim, inplace, _simplex_rows, scale)
 
 
 def project_simplex(x: Tensor, scale: float = 1.0, dim: Dim = None) -> Tensor:

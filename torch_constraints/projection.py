@@ -133,8 +133,12 @@ def groups(found: list[_tree.Constrained]) -> list[Group]:
             and len(set(map(type, firsts))) == 1
             and len(set(map(id, raws))) == len(raws)
         ):
-            places = set(zip(map(_device, raws), map(_dtype, raws), strict=True))
-            if len(places) == 1 and next(iter(places))[0].type != "meta":
+            devices, dtypes = list(map(_device, raws)), list(map(_dtype, raws))
+            if (
+                devices.count(devices[0]) == len(devices)
+                and dtypes.count(dtypes[0]) == len(dtypes)
+                and devices[0].type != "meta"
+            ):
                 return [(chains[0], raws)]  # type: ignore[list-item]
     return _groups(found)
 
