@@ -14,7 +14,7 @@ leading dimensions of its input as a batch of such tensors, so that
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 from operator import attrgetter
 from typing import Any, ClassVar
 
@@ -39,12 +39,12 @@ class SliceConstraint(Constraint):
     #: The constructor's arguments: what :meth:`fusion_key` compares.
     _key_names: ClassVar[tuple[str, ...]] = ()
     #: Reads ``(self._event_ndim, self.dim, *those arguments)`` in one C-level call.
-    _key_values: ClassVar[Callable[[Any], tuple[Any, ...]]] = attrgetter("_event_ndim", "dim")
+    _key_values: ClassVar[attrgetter[tuple[Any, ...]]] = attrgetter("_event_ndim", "dim")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._key_names = tuple(_init_parameters(cls))
-        cls._key_values = staticmethod(attrgetter("_event_ndim", "dim", *cls._key_names))
+        cls._key_values = attrgetter("_event_ndim", "dim", *cls._key_names)
 
     def __init__(self, dim: Dim) -> None:
         super().__init__()
