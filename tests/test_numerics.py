@@ -575,6 +575,55 @@ def test_each_path_of_a_ball_is_taken_for_its_slices_and_right(
     assert same_rows(exact_rows, y[[3, 5]]), "moved slices are certified inside on the next call"
 
 
+def band_rows(dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """Rows of 130 (two chunks) whose norms straddle 1 + tau within 4e-6: the fast bound's band."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = torch.randn(40, 130, generator=generator, dtype=F64)
+    targets = (1 + SLACK[dtype]) * (1 + torch.linspace(-4e-6, 4e-6, 40, dtype=F64))
+    return (rows * (targets / rows.norm(dim=1)).unsqueeze(1)).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, F32], ids=str)
+@pytest.mark.parametrize("seed", range(3))
+def test_slices_in_the_band_alone_are_decided_by_float64_norms_as_the_exact_path_would(
+    dtype: torch.dtype, seed: int, exact_rows: list[torch.Tensor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    band = band_rows(dtype, seed)
+    inside = rows_like([[0.5 / math.sqrt(130)] * 130], dtype)
+    above = rows_like([[3.0 / math.sqrt(130)] * 130], dtype)
+    refined = []
+    original, plan = _l2._band, _l2.plan
+    monkeypatch.setattr(_l2, "_band", lambda *a, **k: refined.append(1) or original(*a, **k))
+    for x in (torch.cat([inside, band]), torch.cat([inside, band, above])):
+        x.requires_grad_()
+        y = project_min_max_norm(x, 0.0, 1.0, dim=0)
+        (grad,) = torch.autograd.grad(y, x, torch.linspace(-1, 1, x.numel()).view_as(x).to(dtype))
+        assert refined and not exact_rows, "the band takes neither the general exact path"
+        assert_contract(x.detach(), y.detach(), 0.0, 1.0)
+        with monkeypatch.context() as general:  # the same rows through the exact path
+            general.setattr(_l2, "plan", lambda *a: plan(*a)._replace(refine=False))
+            z = project_min_max_norm(x, 0.0, 1.0, dim=0)
+            (expected,) = torch.autograd.grad(
+                z, x, torch.linspace(-1, 1, x.numel()).view_as(x).to(dtype)
+            )
+        assert exact_rows, "without refine the band takes the exact path"
+        assert torch.equal(y, z) and torch.equal(grad, expected)
+        exact_rows.clear()
+        refined.clear()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, F32], ids=str)
+def test_a_band_of_slices_all_kept_is_not_written(dtype: torch.dtype) -> None:
+    band = band_rows(dtype, 0)
+    norms = band.double().norm(dim=1)
+    kept = band[norms <= 1 + SLACK[dtype]]
+    assert len(kept) > 3
+    x = torch.cat([kept, rows_like([[0.5 / math.sqrt(130)] * 130], dtype)])
+    before = x.clone()
+    assert _l2.project_rows(x, 0.0, 1.0, SLACK[dtype], inplace=True) is None
+    assert torch.equal(x, before)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
 def test_a_sphere_takes_the_exact_path_where_the_fast_bound_is_wider_than_the_slack(
     dtype: torch.dtype, exact_rows: list[torch.Tensor]

@@ -98,6 +98,7 @@ class Plan(NamedTuple):
     target: float  # where slices moved down land
     keep: tuple[float, float]  # the membership test: lo (1 - tau), hi (1 + tau)
     exact_target: float  # where the exact path lands slices moved down
+    refine: bool  # a small dtype, and the band lies above lo: float64 norms decide it
 
 
 def branches(t: Tensor) -> bool:
@@ -168,6 +169,7 @@ def _plan(lo: float, hi: float, tau: float, dtype: torch.dtype, n: int) -> Plan:
         target=target,
         keep=(lower, min(upper, torch.finfo(torch.float64).max)),
         exact_target=target if moves else exact_target,
+        refine=not wide and k1 * (1 - 1e-4) > lower,
     )
 
 
@@ -312,7 +314,9 @@ def project_rows(rows: Tensor, lo: float, hi: float, tau: float, *, inplace: boo
 def _fast(rows: Tensor, p: Plan, lo: float, grad: bool) -> tuple[_Factors, bool] | None:
     """The factors from the fast norms, undecided rows' from :func:`_exact`, and any ±inf.
 
-    ``None`` when every row is certainly in the set: one reduction decides it.
+    ``None`` when no row changes: one reduction decides it when every row is certainly
+    in the set. Rows in the band around the upper threshold alone (the usual undecided
+    rows: slices that a step moved by less than the bound) are decided by :func:`_band`.
     """
     m = fast_norms(rows.detach() if grad else rows)
     if p.bounds[0] < 0:  # a ball: the largest norm decides whether all are in (NaN: no)
@@ -333,8 +337,13 @@ def _fast(rows: Tensor, p: Plan, lo: float, grad: bool) -> tuple[_Factors, bool]
         unit = None if unit is None else torch.where(moved, unit, 0.0)
     if m.dtype != compute:  # float64 norms of float32 rows
         f2, unit = f2.to(compute), None if unit is None else unit.to(compute)
-    if label is None or bool((label & 1).all()):
+    if label is None:
         return _Factors(f2, None, unit), False
+    below, _, band, above, beyond = torch.bincount(label.view(-1), minlength=5).tolist()
+    if below + band + beyond == 0:
+        return _Factors(f2, None, unit), False
+    if below + beyond == 0 and p.refine:
+        return _band(rows, label, p, _Factors(f2, None, unit), moves=above > 0)
     undecided = ((label & 1) == 0).view(-1).nonzero().view(-1)
     if undecided.numel() == rows.shape[0]:
         return _exact(rows, p, lo), bool(rows.isinf().any())
@@ -351,3 +360,29 @@ def _fast(rows: Tensor, p: Plan, lo: float, grad: bool) -> tuple[_Factors, bool]
     f1 = merged(None, exact.f1, 1.0)
     unit = merged(unit, exact.unit if grad else None, 0.0)
     return _Factors(merged(f2, exact.f2, 1.0), f1, unit), bool(sub.isinf().any())  # type: ignore[arg-type]
+
+
+def _band(
+    rows: Tensor, label: Tensor, p: Plan, factors: _Factors, *, moves: bool
+) -> tuple[_Factors, bool] | None:
+    """``factors`` with the band's rows (label 2) decided by their float64 norms.
+
+    For float16, bfloat16 and float32 rows whose fast norm lies within the bound of the
+    upper threshold (``p.refine``: the band lies above ``lo``): finite rows, whose
+    widened norms decide them as :func:`_exact` does, with the same values, in a few
+    operations instead of its general case. ``None`` when no row moves (``moves``: some
+    row outside the band does).
+    """
+    band = (label == 2).view(-1).nonzero().view(-1)
+    ns = torch.linalg.vector_norm(
+        rows.detach().index_select(0, band).to(torch.float64), dim=-1, keepdim=True
+    )
+    out = ns > p.keep[1]
+    if not moves and not bool(out.any()):
+        return None
+    f2, _, unit = factors
+    ratio = torch.where(out, ns.new_full((), p.exact_target) / ns, 1.0)
+    f2 = f2.index_copy(0, band, ratio.to(f2.dtype))
+    if unit is not None:
+        unit = unit.index_copy(0, band, torch.where(out, 1.0 / ns, 0.0).to(unit.dtype))
+    return _Factors(f2, None, unit), False
