@@ -120,10 +120,10 @@ def constrained(module: nn.Module) -> list[Constrained]:
             for name, chain in chains.__dict__[MODULES].items():
                 chain_state = chain.__dict__
                 entries = chain_state[MODULES]
-                if len(entries) == 1 and chain_state.get("is_tensor"):  # one constraint
+                if len(entries) == 1:  # one constraint, on one tensor ("original")
                     (first,) = entries.values()
                     raw = chain_state[PARAMETERS].get("original")
-                    if isinstance(first, Constraint) and raw is not None:
+                    if raw is not None and isinstance(first, Constraint):
                         append(_new(Constrained, (prefix, owner, name, raw, (first,), (), True)))
                         continue
                 entry = _read_chain(prefix, owner, name, chain)
