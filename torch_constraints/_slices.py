@@ -63,17 +63,19 @@ class SliceConstraint(Constraint):
 
     def project(self, x: Tensor) -> Tensor:
         r"""Return :math:`P_C(x)`, slice by slice, differentiably and without modifying ``x``."""
-        result = self._kernel(x, self.slices(x), inplace=False)
+        dim = self.dim if self._event_ndim in (None, x.ndim) else self.slices(x)
+        result = self._kernel(x, dim, inplace=False)
         assert result is not None
         return result
 
     def project_(self, x: Tensor) -> Tensor:
         """Write :math:`P_C(x)` into ``x``, slice by slice, and return ``x``."""
+        dim = self.dim if self._event_ndim in (None, x.ndim) else self.slices(x)
         if torch.is_grad_enabled():
             with torch.no_grad():
-                self._kernel(x, self.slices(x), inplace=True)
+                self._kernel(x, dim, inplace=True)
         else:  # (hard_project: no context object per tensor)
-            self._kernel(x, self.slices(x), inplace=True)
+            self._kernel(x, dim, inplace=True)
         return x
 
     def project_many_(self, xs: Sequence[Tensor], *, foreach: bool | None = None) -> None:
