@@ -430,7 +430,8 @@ class _MatrixConstraint(Constraint):
     def project_many_(self, xs: Sequence[Tensor], *, foreach: bool | None = None) -> None:
         """Project in place, stacking same-shaped tensors for one batched call per shape."""
         del foreach
-        self._project_stacked_(xs, stack_bytes=64 * 2**20)  # one decomposition per stack
+        # one batched decomposition per stack: worth it up to 1 MiB matrices, unlike a norm
+        self._project_stacked_(xs, stack_bytes=64 * 2**20, small_bytes=2**20)
 
 
 def _wide(fn: Any, m: Tensor, *args: Any) -> Tensor:
