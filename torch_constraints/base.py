@@ -171,9 +171,10 @@ class Constraint(nn.Module):
         nothing from it (copying it in and out costs more than a call: with ResNet-50's
         1 MiB tensors stacked, ``hard_project`` took 8% longer than with this threshold,
         CPU, caches flushed) and is projected on its own, as is anything but a plain
-        dense tensor, and shapes with fewer than three tensors. Stacks hold at most ``stack_bytes``. ``project_stack`` projects a
-        stack in place and returns whether it changed it (default: :meth:`project_`,
-        then copy back): an unchanged stack is not copied back.
+        dense tensor, and shapes with fewer than three tensors. Stacks hold at most
+        ``stack_bytes``. ``project_stack`` projects a stack in place and returns whether
+        it changed it (default: :meth:`project_`, then copy back): an unchanged stack is
+        not copied back.
         """
         if torch.is_grad_enabled():
             with torch.no_grad():
