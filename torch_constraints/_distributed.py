@@ -30,8 +30,10 @@ def _dtensor_class() -> type | None:
 
 def any_dtensor(tensors: Iterable[Tensor]) -> bool:
     """Whether any of ``tensors`` is a DTensor."""
-    dtensor = _dtensor_class()
-    return dtensor is not None and not set(map(type, tensors)) <= {Tensor, Parameter}
+    return not _PLAIN.issuperset(map(type, tensors)) and _dtensor_class() is not None
+
+
+_PLAIN = frozenset({Tensor, Parameter})
 
 
 def full(tensor: Tensor) -> Tensor:

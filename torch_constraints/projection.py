@@ -33,7 +33,6 @@ __all__ = ["chain_key", "groups", "hard_project", "project_group_"]
 Group = tuple[tuple[Constraint, ...], list[Tensor]]
 
 
-@torch.compiler.disable  # type: ignore[untyped-decorator]
 def hard_project(module: nn.Module, *, foreach: bool | None = None) -> None:
     """Project, in place and without autograd, every tensor constrained in ``module``'s tree.
 
@@ -76,6 +75,13 @@ def hard_project(module: nn.Module, *, foreach: bool | None = None) -> None:
         Parameter containing:
         tensor([[0.1000, 0.1000, 0.1000]], requires_grad=True)
     """
+    if torch.compiler.is_compiling():  # traced by torch.compile: a graph break, then eager
+        _eager_hard_project(module, foreach)
+        return
+    _hard_project(module, foreach)
+
+
+def _hard_project(module: nn.Module, foreach: bool | None) -> None:
     if not isinstance(module, nn.Module):
         raise TypeError(f"hard_project: expected an nn.Module, got {type(module).__name__}")
     found = _tree.constrained(module)
@@ -87,6 +93,11 @@ def hard_project(module: nn.Module, *, foreach: bool | None = None) -> None:
             project_group_(constraints, tensors, foreach)
     finally:
         torch.set_grad_enabled(grad_enabled)
+
+
+#: What a compiled caller runs. Eager callers skip ``torch.compiler.disable``'s wrapper,
+#: which costs about 5 us a call (a tenth of ``hard_project`` on a two-layer model).
+_eager_hard_project = torch.compiler.disable(_hard_project)  # type: ignore[no-untyped-call]
 
 
 def project_group_(
