@@ -110,6 +110,15 @@ def branches(t: Tensor) -> bool:
     return t.is_cpu and not torch.compiler.is_compiling()
 
 
+@functools.lru_cache(maxsize=256)
+def _cpu_constant(value: float | tuple[float, ...], dtype: torch.dtype) -> Tensor:
+    """A CPU tensor of a plan's constant, made once (the fast path runs on the CPU only).
+
+    Nothing writes into it: it is an operand of out-of-place operations.
+    """
+    return torch.tensor(value, dtype=dtype)
+
+
 def _gamma(k: int, u: float) -> float:
     return k * u / (1 - k * u)
 
@@ -327,11 +336,11 @@ def _fast(rows: Tensor, p: Plan, lo: float, grad: bool) -> tuple[_Factors, bool]
     if least > p.bounds[0] and most <= p.bounds[1]:  # every row certainly in (NaN: no)
         return None
     compute = torch.float64 if rows.dtype == torch.float64 else torch.float32
-    f2 = torch.full_like(m, p.target).div_(m)  # target / m, one rounding
+    f2 = torch.div(_cpu_constant(p.target, m.dtype), m)  # target / m, one rounding
     unit = m.reciprocal() if grad else None
     label = None
     if not (least > p.bounds[2] and most <= p.bounds[3]):  # not every row certainly above
-        label = torch.bucketize(m, torch.tensor(p.bounds, dtype=m.dtype, device=m.device))
+        label = torch.bucketize(m, _cpu_constant(p.bounds, m.dtype))
         moved = label == 3  # 1: inside; 0, 2, 4: undecided
         f2 = torch.where(moved, f2, 1.0)
         unit = None if unit is None else torch.where(moved, unit, 0.0)
