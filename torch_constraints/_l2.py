@@ -35,7 +35,11 @@ once per radius, dtype and length (:func:`plan`) and rounded away from the set.
 factor exactly 1, and in place nothing is written), *certainly above it* (scaled
 by :math:`T / \hat m`), or *undecided*: within :math:`\beta` of a threshold, a sum
 that under- or overflowed, ``±inf`` or NaN. Only undecided slices take the exact
-path, and when no slice is undecided the choice costs one reduction of the norms.
+path, and when every slice is certainly in the set the choice costs one reduction of
+the norms (a ball: their maximum). When the undecided slices of a float16, bfloat16
+or float32 tensor all lie in the band around the upper threshold, their float64 norms
+decide them (:func:`_band`: the exact path's values, in a few operations), and nothing
+is written when none of them moves.
 Where the bound is wider than the slack (a float32 or float64 sphere) or the radius
 so small that underflow dominates it, every slice takes the exact path; so do
 slices moved *up* to ``lo``.
