@@ -148,7 +148,7 @@ def groups(found: list[_tree.Constrained]) -> list[Group]:
             if (
                 devices.count(devices[0]) == len(devices)
                 and dtypes.count(dtypes[0]) == len(dtypes)
-                and devices[0].type != "meta"
+                and not raws[0].is_meta  # type: ignore[union-attr]
             ):
                 return [(chains[0], raws)]  # type: ignore[list-item]
     return _groups(found)
