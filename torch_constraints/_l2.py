@@ -120,7 +120,7 @@ def _cpu_constant(value: float | tuple[float, ...], dtype: torch.dtype) -> Tenso
 
     Nothing writes into it: it is an operand of out-of-place operations.
     """
-    return torch.tensor(value, dtype=dtype)
+    return torch.tensor(value, dtype=dtype, device="cpu")
 
 
 def _gamma(k: int, u: float) -> float:
