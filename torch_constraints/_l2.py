@@ -196,7 +196,8 @@ def fast_norms(rows: Tensor) -> Tensor:
             return norm(rows, dim=-1, keepdim=True)  # type: ignore[no-any-return]
         return norm(rows, dim=-1, keepdim=True, dtype=compute)  # type: ignore[no-any-return]
     whole = n - n % CHUNK
-    parts = norm(rows[:, :whole].view(r, -1, CHUNK), dim=-1, dtype=compute)
+    head = rows if whole == n else rows[:, :whole]
+    parts = norm(head.view(r, -1, CHUNK), dim=-1, dtype=compute)
     if whole < n:
         parts = torch.cat([parts, norm(rows[:, whole:], dim=-1, keepdim=True, dtype=compute)], -1)
     while parts.shape[-1] > CHUNK:
