@@ -128,30 +128,38 @@ def groups(found: list[_tree.Constrained]) -> list[Group]:
     A tensor reachable under several names (tied) is projected once when its names
     carry the same projection; other constraints on it come after, alone.
 
-    The usual model (one constraint per tensor, no ties, one device, dtype and set,
-    as after ``constrain_all``) is recognised first with C-level loops over the
-    entries: ``hard_project`` groups afresh on every step, and on thousands of small
-    tensors a Python loop per tensor would cost as much as their projection.
+    The usual model (one constraint per tensor, no ties, one device and dtype, as
+    after ``constrain_all``) is recognised first with C-level loops over the
+    entries, and grouped by set in one dictionary pass (none when every tensor has
+    the same set): ``hard_project`` groups afresh on every step, and on thousands of
+    small tensors a Python loop per tensor would cost as much as their projection.
     """
     raws: list[Tensor | None] = list(map(_raw, found))
     chains: list[tuple[Constraint, ...]] = list(map(_chain, found))
-    if raws and set(map(len, chains)) == {1} and not any(map(is_, raws, repeat(None))):
-        firsts = list(map(_first, chains))
-        keys = list(map(_fusion_key, firsts))
-        if (
-            keys[0] is not None
-            and keys.count(keys[0]) == len(keys)
-            and len(set(map(type, firsts))) == 1
-            and len(set(map(id, raws))) == len(raws)
-        ):
-            devices, dtypes = list(map(_device, raws)), list(map(_dtype, raws))
-            if (
-                devices.count(devices[0]) == len(devices)
-                and dtypes.count(dtypes[0]) == len(dtypes)
-                and not raws[0].is_meta  # type: ignore[union-attr]
-            ):
-                return [(chains[0], raws)]  # type: ignore[list-item]
-    return _groups(found)
+    if not raws or set(map(len, chains)) != {1} or any(map(is_, raws, repeat(None))):
+        return _groups(found)
+    firsts = list(map(_first, chains))
+    keys = list(map(_fusion_key, firsts))
+    devices, dtypes = list(map(_device, raws)), list(map(_dtype, raws))
+    if (
+        any(map(is_, keys, repeat(None)))
+        or len(set(map(id, raws))) != len(raws)
+        or devices.count(devices[0]) != len(devices)
+        or dtypes.count(dtypes[0]) != len(dtypes)
+        or raws[0].is_meta  # type: ignore[union-attr]
+    ):
+        return _groups(found)
+    kinds = list(map(type, firsts))
+    if keys.count(keys[0]) == len(keys) and kinds.count(kinds[0]) == len(kinds):
+        return [(chains[0], raws)]  # type: ignore[list-item]
+    grouped: dict[Hashable, Group] = {}
+    for chain, raw, key in zip(chains, raws, zip(kinds, keys, strict=True), strict=True):
+        group = grouped.get(key)
+        if group is None:
+            grouped[key] = (chain, [raw])  # type: ignore[list-item]
+        else:
+            group[1].append(raw)  # type: ignore[arg-type]
+    return list(grouped.values())
 
 
 _raw, _chain, _first = itemgetter(3), itemgetter(4), itemgetter(0)
