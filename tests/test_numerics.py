@@ -612,6 +612,15 @@ def test_slices_in_the_band_alone_are_decided_by_float64_norms_as_the_exact_path
         refined.clear()
 
 
+def test_another_default_device_leaves_the_cpu_fast_path_alone() -> None:
+    x = rows_like([[3.0, 4.0], [0.3, 0.4], [1.0 + 2 * SLACK[F32], 0.0]], F32)
+    expected = project_min_max_norm(x, 0.0, 1.0, dim=0)
+    _l2._cpu_constant.cache_clear()  # the constants are made again, under the meta device
+    with torch.device("meta"):
+        y = project_min_max_norm(x, 0.0, 1.0, dim=0)
+    assert y.device.type == "cpu" and torch.equal(y, expected)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, F32], ids=str)
 def test_a_band_of_slices_all_kept_is_not_written(dtype: torch.dtype) -> None:
     band = band_rows(dtype, 0)
