@@ -185,3 +185,23 @@ def test_min_max_norm_with_rate_below_one_is_applied_once_per_hard_project() -> 
     hard_project(layer)
     assert torch.allclose(raw.norm(), torch.tensor(2.0))  # moves further: not a projection
     assert torch.allclose(layer.weight.norm(), torch.tensor(1.0))  # the forward map is
+
+
+@pytest.mark.parametrize("count", [2, 3, 7])
+def test_project_many_writes_each_parameter_in_place_with_autograd_on(count: int) -> None:
+    # Three or more same-shaped tensors are stacked, fewer projected one by one: both
+    # write the projection into the Parameter itself, with no autograd history.
+    generator = torch.Generator().manual_seed(count)
+    constraint = MaxNorm(1.0)
+    constraint.bind(torch.empty(4, 3))
+    params = [nn.Parameter(torch.randn(4, 3, generator=generator) * 2) for _ in range(count)]
+    params[0].data.mul_(0.01)  # one tensor inside: unchanged
+    expected = [constraint.project(p.detach()) for p in params]
+    objects, versions = [id(p) for p in params], [p._version for p in params]
+    assert torch.is_grad_enabled()
+    constraint.project_many_(params)
+    for p, want, obj, version in zip(params, expected, objects, versions, strict=True):
+        assert id(p) == obj and p.is_leaf and p.grad_fn is None and p.requires_grad
+        assert torch.equal(p.detach(), want)
+        assert p._version > version or torch.equal(want, p.detach())
+    assert (torch.linalg.vector_norm(torch.stack(expected), dim=-1) <= 1.0).all()
