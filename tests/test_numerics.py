@@ -598,7 +598,7 @@ def test_slices_in_the_band_alone_are_decided_by_float64_norms_as_the_exact_path
         x.requires_grad_()
         y = project_min_max_norm(x, 0.0, 1.0, dim=0)
         (grad,) = torch.autograd.grad(y, x, torch.linspace(-1, 1, x.numel()).view_as(x).to(dtype))
-        assert refined and not exact_rows, "the band takes neither the general exact path"
+        assert refined and not exact_rows, "the band is decided without the general exact path"
         assert_contract(x.detach(), y.detach(), 0.0, 1.0)
         with monkeypatch.context() as general:  # the same rows through the exact path
             general.setattr(_l2, "plan", lambda *a: plan(*a)._replace(refine=False))
